@@ -1,0 +1,228 @@
+//! One backup run: prepare the destination, take the lock, stream the listing through the planner,
+//! download what changed with bounded concurrency, and account for every listed object.
+
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use indicatif::ProgressBar;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::atomic;
+use crate::config::Config;
+use crate::fetch::{FetchSettings, Fetched, Fetcher};
+use crate::listing::{self, ListError, ObjectInfo};
+use crate::lock::{LockError, RunGuard};
+use crate::plan::{self, Plan, Planner};
+use crate::report::{Failed, Refused, Report, human_bytes};
+
+/// Why a run could not start or go on at all (as opposed to per-object failures in the `Report`).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Locked(LockError),
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Listing pages buffered ahead of the planner (1,000 keys a page).
+const LISTING_DEPTH: usize = 2;
+
+pub async fn run(config: &Config, settings: FetchSettings, pb: &ProgressBar) -> Result<Report, RunError> {
+    let started = Instant::now();
+    let mut report = Report {
+        dry_run: config.dry_run,
+        would_download: config.dry_run.then_some(0),
+        ..Report::default()
+    };
+    let dest = prepare_dest(&config.dest, config.dry_run)?;
+    let guard = if config.dry_run {
+        None
+    } else {
+        let g = RunGuard::acquire(&config.state_dir, &dest).map_err(|e| match e {
+            e @ LockError::Held { .. } => RunError::Locked(e),
+            e => RunError::Config(e.to_string()),
+        })?;
+        if g.previous_run_interrupted {
+            let d = dest.clone();
+            let removed = tokio::task::spawn_blocking(move || atomic::sweep_temp_files(&d))
+                .await
+                .expect("sweep does not panic")
+                .map_err(|e| {
+                    RunError::Config(format!("removing stale temp files under {}: {e}", dest.display()))
+                })?;
+            if removed > 0 {
+                tracing::info!("removed {removed} temp files left by an interrupted run");
+            }
+            report.stale_temp_files_removed = removed as u64;
+        }
+        Some(g)
+    };
+
+    let client = crate::s3::client(config)
+        .await
+        .map_err(|e| RunError::Config(e.to_string()))?;
+    let fetcher = Fetcher::new(client.clone(), &config.bucket, config.concurrency, settings);
+    let mut pages = listing::spawn(
+        client,
+        config.bucket.clone(),
+        config.prefix.clone(),
+        LISTING_DEPTH,
+    );
+    // Objects in flight (a few more than requests, so the next GET is ready while others fsync).
+    let slots = Arc::new(Semaphore::new(config.concurrency * 2));
+    let mut tasks: JoinSet<(String, Result<Fetched, String>)> = JoinSet::new();
+    let mut planner = Some(Planner::new(!config.dry_run));
+    let mut first_page = true;
+
+    while let Some(page) = pages.recv().await {
+        let objects = match page {
+            Ok(objects) => objects,
+            Err(e) if first_page => return Err(listing_error(e)),
+            Err(e) => {
+                tracing::error!("{e}");
+                report.error = Some(format!("{e}; objects after the last listed key were not seen"));
+                break;
+            }
+        };
+        first_page = false;
+        let (p, planned) = {
+            let mut p = planner.take().expect("returned below");
+            let d = dest.clone();
+            tokio::task::spawn_blocking(move || {
+                let planned: Vec<(ObjectInfo, Plan)> =
+                    objects.into_iter().map(|o| { let plan = p.plan(&d, &o); (o, plan) }).collect();
+                (p, planned)
+            })
+            .await
+            .expect("planning does not panic")
+        };
+        planner = Some(p);
+
+        for (obj, plan) in planned {
+            report.listed += 1;
+            match plan {
+                Plan::Unchanged => report.unchanged += 1,
+                Plan::Folder => report.folders += 1,
+                Plan::Refused(reason) => {
+                    tracing::warn!(key = ?obj.key, "refused: {reason}");
+                    report.refused.push(Refused { key: obj.key, reason: reason.to_string() });
+                }
+                Plan::Error(error) => {
+                    tracing::warn!(key = ?obj.key, "failed: {error}");
+                    report.failed.push(Failed { key: obj.key, error });
+                }
+                Plan::Fetch(rel) if config.dry_run => {
+                    tracing::info!(key = ?obj.key, size = obj.size, "would download");
+                    *report.would_download.get_or_insert(0) += 1;
+                    let _ = rel;
+                }
+                Plan::Fetch(rel) => {
+                    let permit = slots.clone().acquire_owned().await.expect("never closed");
+                    let fetcher = fetcher.clone();
+                    let dest = dest.clone();
+                    tasks.spawn(async move {
+                        let result = fetch_one(&fetcher, &dest, &rel, &obj).await;
+                        drop(permit);
+                        (obj.key, result)
+                    });
+                }
+            }
+            while let Some(done) = tasks.try_join_next() {
+                record(&mut report, done);
+            }
+            show(pb, &report);
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        record(&mut report, done);
+        show(pb, &report);
+    }
+    report.elapsed_seconds = started.elapsed().as_secs_f64();
+
+    if let Some(g) = guard {
+        if let Err(e) = g.write_report(&report.to_json()) {
+            tracing::warn!("could not write the last-run report in {}: {e}", g.dir().display());
+        }
+        // Every task has ended, so every temp file is committed or removed.
+        if let Err(e) = g.finish() {
+            tracing::warn!("could not clear the in-progress marker: {e}");
+        }
+    }
+    Ok(report)
+}
+
+async fn fetch_one(fetcher: &Fetcher, dest: &Path, rel: &Path, obj: &ObjectInfo) -> Result<Fetched, String> {
+    let target = dest.join(rel);
+    if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) {
+        let (d, p) = (dest.to_path_buf(), parent.to_path_buf());
+        tokio::task::spawn_blocking(move || plan::create_dirs(&d, &p))
+            .await
+            .expect("mkdir does not panic")
+            .map_err(|e| format!("creating directory {}: {e}", dest.join(parent).display()))?;
+    }
+    fetcher.fetch(obj, &target).await
+}
+
+fn record(report: &mut Report, done: Result<(String, Result<Fetched, String>), tokio::task::JoinError>) {
+    match done {
+        Ok((key, Ok(f))) => {
+            tracing::debug!(key = ?key, bytes = f.bytes, verified = f.verified_with, "downloaded");
+            report.downloaded += 1;
+            report.bytes_downloaded += f.bytes;
+            if f.verified_with == "none" {
+                report.unverified += 1;
+            }
+        }
+        Ok((key, Err(error))) => {
+            tracing::warn!(key = ?key, "failed: {error}");
+            report.failed.push(Failed { key, error });
+        }
+        Err(join) => {
+            // A panic in a download task is a bug; account for it rather than lose the count.
+            report.failed.push(Failed { key: String::new(), error: format!("internal error: {join}") });
+        }
+    }
+}
+
+fn show(pb: &ProgressBar, r: &Report) {
+    if pb.is_hidden() {
+        return;
+    }
+    pb.set_message(format!(
+        "listed {} · downloaded {} ({}) · unchanged {} · refused {} · failed {}",
+        r.listed,
+        r.downloaded,
+        human_bytes(r.bytes_downloaded),
+        r.unchanged,
+        r.refused.len(),
+        r.failed.len()
+    ));
+}
+
+fn listing_error(e: ListError) -> RunError {
+    RunError::Config(e.to_string())
+}
+
+/// Create the destination (0700) when missing, resolve it, and prove it is writable before any
+/// network work; a dry run only resolves it.
+fn prepare_dest(dest: &Path, dry_run: bool) -> Result<PathBuf, RunError> {
+    let err = |what: &str, e: io::Error| RunError::Config(format!("destination {}: {what}: {e}", dest.display()));
+    if dry_run {
+        return Ok(dest.canonicalize().unwrap_or_else(|_| dest.to_path_buf()));
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dest)
+        .map_err(|e| err("cannot create it", e))?;
+    let dest = dest.canonicalize().map_err(|e| err("cannot resolve it", e))?;
+    if !dest.is_dir() {
+        return Err(RunError::Config(format!("destination {} is not a directory", dest.display())));
+    }
+    atomic::probe_writable(&dest).map_err(|e| err("not writable", e))?;
+    Ok(dest)
+}

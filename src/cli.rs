@@ -1,0 +1,202 @@
+//! Command-line flags (clap) and their translation into the validated `Config` / `CronJob`.
+//! Nothing past this module sees a clap type.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, Config, ConfigError, DEFAULT_CONCURRENCY};
+use crate::cron::CronJob;
+use crate::report::EXIT_CODES_HELP;
+
+/// Back up an S3 bucket (or a prefix of it) into a local folder: verified, atomic, incremental.
+///
+/// Every new or changed object is downloaded through a temp file, checked against S3's checksum (or
+/// MD5 ETag), fsynced and renamed into place. Objects deleted from S3 are kept locally. Keys that
+/// cannot be stored safely (`..`, `/abs`, `a//b`, ...) are refused by name and never written.
+/// Credentials and region come from the standard AWS chain (environment, profiles, SSO, IMDSv2 on
+/// EC2); AWS_ENDPOINT_URL is honoured like --endpoint-url.
+#[derive(Debug, Parser)]
+#[command(
+    name = "s3backup",
+    version,
+    after_help = EXIT_CODES_HELP,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub backup: BackupArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print an /etc/cron.d file that runs this backup as an unprivileged user.
+    ///
+    /// This is the one place the cron job is defined: the CloudFormation bootstrap, the NixOS VM test
+    /// and the end-to-end test all install its output.
+    CronEntry(CronArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Bucket to back up.
+    #[arg(long, env = "S3BACKUP_BUCKET", required = true, value_name = "NAME")]
+    pub bucket: Option<String>,
+    /// Local folder the backup lives in (created 0700 when missing).
+    #[arg(long, env = "S3BACKUP_DEST", required = true, value_name = "DIR")]
+    pub dest: Option<PathBuf>,
+    /// Back up only keys starting with this prefix (they keep their full key as path).
+    #[arg(long, value_name = "P")]
+    pub prefix: Option<String>,
+    /// S3 endpoint, e.g. http://127.0.0.1:8333 (default: AWS, or AWS_ENDPOINT_URL).
+    #[arg(long, value_name = "URL")]
+    pub endpoint_url: Option<String>,
+    /// Address buckets as http://host/bucket instead of http://bucket.host.
+    #[arg(long)]
+    pub force_path_style: bool,
+    /// AWS region (default: the AWS chain; us-east-1 for a custom endpoint without one).
+    #[arg(long, value_name = "R")]
+    pub region: Option<String>,
+    /// Requests in flight at once.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_CONCURRENCY)]
+    pub concurrency: usize,
+    /// Where the lock, run state and last-run report live
+    /// [default: $XDG_STATE_HOME/s3backup, else $HOME/.local/state/s3backup].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// List and compare only: print what would be downloaded, write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print exactly one JSON object with the outcome on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CronArgs {
+    /// Cron schedule: five fields, or @daily and friends.
+    #[arg(long, default_value = "17 3 * * *")]
+    pub schedule: String,
+    /// Unprivileged user the job runs as.
+    #[arg(long)]
+    pub user: String,
+    #[arg(long, value_name = "NAME")]
+    pub bucket: String,
+    #[arg(long, value_name = "DIR")]
+    pub dest: String,
+    #[arg(long, value_name = "P")]
+    pub prefix: Option<String>,
+    #[arg(long, value_name = "R")]
+    pub region: Option<String>,
+    #[arg(long, value_name = "URL")]
+    pub endpoint_url: Option<String>,
+    #[arg(long)]
+    pub force_path_style: bool,
+    /// Path of the s3backup binary the job runs.
+    #[arg(long, default_value = "/usr/local/bin/s3backup")]
+    pub binary: String,
+    /// syslog tag of the job's output.
+    #[arg(long, default_value = "s3backup")]
+    pub log_tag: String,
+}
+
+impl BackupArgs {
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let bucket = self.bucket.ok_or(ConfigError::MissingBucket)?;
+        config::validate_bucket(&bucket)?;
+        let dest = self.dest.ok_or(ConfigError::MissingDest)?;
+        let dest = config::absolute(&dest)?;
+        if let Some(e) = &self.endpoint_url {
+            config::validate_endpoint(e)?;
+        }
+        let concurrency = config::validate_concurrency(self.concurrency)?;
+        let state_dir = match self.state_dir {
+            Some(s) => config::absolute(&s)?,
+            None => config::default_state_dir(
+                std::env::var("XDG_STATE_HOME").ok().as_deref(),
+                std::env::var("HOME").ok().as_deref(),
+            )
+            .ok_or(ConfigError::NoStateDir)?,
+        };
+        Ok(Config {
+            bucket,
+            dest,
+            prefix: self.prefix.filter(|p| !p.is_empty()),
+            endpoint_url: self.endpoint_url,
+            force_path_style: self.force_path_style,
+            region: self.region.filter(|r| !r.is_empty()),
+            concurrency,
+            state_dir,
+            dry_run: self.dry_run,
+            json: self.json,
+        })
+    }
+}
+
+impl CronArgs {
+    pub fn into_job(self) -> Result<CronJob, anyhow::Error> {
+        config::validate_bucket(&self.bucket)?;
+        if let Some(e) = &self.endpoint_url {
+            config::validate_endpoint(e)?;
+        }
+        let job = CronJob {
+            schedule: self.schedule,
+            user: self.user,
+            binary: self.binary,
+            bucket: self.bucket,
+            dest: self.dest,
+            prefix: self.prefix,
+            region: self.region,
+            endpoint_url: self.endpoint_url,
+            force_path_style: self.force_path_style,
+            log_tag: self.log_tag,
+        };
+        job.validate()?;
+        Ok(job)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn backup_flags_become_config() {
+        let cli = Cli::try_parse_from([
+            "s3backup",
+            "--bucket",
+            "b",
+            "--dest",
+            "/d",
+            "--concurrency",
+            "4",
+            "--state-dir",
+            "/s",
+            "--json",
+        ])
+        .unwrap();
+        let c = cli.backup.into_config().unwrap();
+        assert_eq!(c.bucket, "b");
+        assert_eq!(c.concurrency, 4);
+        assert_eq!(c.state_dir, PathBuf::from("/s"));
+        assert!(c.json && !c.dry_run);
+    }
+
+    #[test]
+    fn subcommand_does_not_need_backup_flags() {
+        let cli = Cli::try_parse_from([
+            "s3backup", "cron-entry", "--user", "u", "--bucket", "b", "--dest", "/d",
+        ])
+        .unwrap();
+        assert!(matches!(cli.command, Some(Command::CronEntry(_))));
+    }
+}

@@ -1,0 +1,236 @@
+//! The `/etc/cron.d` job that runs a backup: rendered here, and only here, for the CloudFormation
+//! UserData, the NixOS VM test and the local end-to-end test alike, so the three cannot drift.
+
+use std::fmt::Write as _;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CronJob {
+    pub schedule: String,
+    pub user: String,
+    pub binary: String,
+    pub bucket: String,
+    pub dest: String,
+    pub prefix: Option<String>,
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub force_path_style: bool,
+    pub log_tag: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CronError {
+    #[error(
+        "--schedule {0:?}: expected five cron fields (minute hour day-of-month month day-of-week) or one of @hourly, @daily, @weekly, @monthly, @yearly"
+    )]
+    Schedule(String),
+    #[error("--user {0:?}: expected a user name ([a-z_][a-z0-9_-]*, at most 32 characters)")]
+    User(String),
+    #[error("{flag} {value:?}: must be an absolute path")]
+    NotAbsolute { flag: &'static str, value: String },
+    #[error("{flag} {value:?}: a cron line cannot carry newlines or NUL bytes")]
+    Newline { flag: &'static str, value: String },
+    #[error("--log-tag {0:?}: expected letters, digits, '-', '_' or '.'")]
+    Tag(String),
+}
+
+impl CronJob {
+    pub fn validate(&self) -> Result<(), CronError> {
+        validate_schedule(&self.schedule)?;
+        let u = &self.user;
+        let user_ok = !u.is_empty()
+            && u.len() <= 32
+            && u.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && u
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        if !user_ok {
+            return Err(CronError::User(u.clone()));
+        }
+        for (flag, value) in [("--binary", &self.binary), ("--dest", &self.dest)] {
+            if !value.starts_with('/') {
+                return Err(CronError::NotAbsolute {
+                    flag,
+                    value: value.clone(),
+                });
+            }
+        }
+        let all = [
+            ("--binary", Some(&self.binary)),
+            ("--bucket", Some(&self.bucket)),
+            ("--dest", Some(&self.dest)),
+            ("--prefix", self.prefix.as_ref()),
+            ("--region", self.region.as_ref()),
+            ("--endpoint-url", self.endpoint_url.as_ref()),
+        ];
+        for (flag, value) in all {
+            if let Some(v) = value {
+                if v.contains(['\n', '\r', '\0']) {
+                    return Err(CronError::Newline {
+                        flag,
+                        value: v.clone(),
+                    });
+                }
+            }
+        }
+        let tag_ok = !self.log_tag.is_empty()
+            && self
+                .log_tag
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !tag_ok {
+            return Err(CronError::Tag(self.log_tag.clone()));
+        }
+        Ok(())
+    }
+
+    /// The command field of the cron line, exactly as cron hands it to `/bin/sh` after `%` unescaping.
+    pub fn command(&self) -> String {
+        let mut argv = vec![
+            self.binary.clone(),
+            "--bucket".into(),
+            self.bucket.clone(),
+            "--dest".into(),
+            self.dest.clone(),
+        ];
+        for (flag, v) in [
+            ("--prefix", &self.prefix),
+            ("--region", &self.region),
+            ("--endpoint-url", &self.endpoint_url),
+        ] {
+            if let Some(v) = v {
+                argv.push(flag.into());
+                argv.push(v.clone());
+            }
+        }
+        if self.force_path_style {
+            argv.push("--force-path-style".into());
+        }
+        let words: Vec<String> = argv.iter().map(|a| sh_quote(a)).collect();
+        // Output goes to the system log (journald or syslog), tagged, rather than to cron's mail.
+        format!("{} 2>&1 | logger -t {}", words.join(" "), self.log_tag)
+    }
+
+    /// The whole cron.d file.
+    pub fn render(&self) -> Result<String, CronError> {
+        self.validate()?;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "# /etc/cron.d/s3backup: written by `s3backup cron-entry`; change the flags there, not here."
+        );
+        let _ = writeln!(s, "SHELL=/bin/sh");
+        let _ = writeln!(s, "PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin");
+        let _ = writeln!(
+            s,
+            "{} {} {}",
+            self.schedule,
+            self.user,
+            cron_escape(&self.command())
+        );
+        Ok(s)
+    }
+}
+
+fn validate_schedule(s: &str) -> Result<(), CronError> {
+    let err = || CronError::Schedule(s.to_owned());
+    if s.starts_with('@') {
+        return match s {
+            "@hourly" | "@daily" | "@midnight" | "@weekly" | "@monthly" | "@yearly"
+            | "@annually" => Ok(()),
+            _ => Err(err()),
+        };
+    }
+    // Single spaces only: the rendered line is split on whitespace by cron and by our test scripts.
+    let fields: Vec<&str> = s.split(' ').collect();
+    let ok = fields.len() == 5
+        && fields.iter().all(|f| {
+            !f.is_empty()
+                && f
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "*/,-".contains(c))
+        });
+    if ok { Ok(()) } else { Err(err()) }
+}
+
+/// POSIX single-quoting, for any string without NUL.
+pub fn sh_quote(s: &str) -> String {
+    let safe = !s.is_empty()
+        && s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-:=@,+".contains(c));
+    if safe {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// cron turns an unescaped `%` into a newline; `\%` reaches the shell as `%`.
+fn cron_escape(cmd: &str) -> String {
+    cmd.replace('%', r"\%")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> CronJob {
+        CronJob {
+            schedule: "17 3 * * *".into(),
+            user: "user".into(),
+            binary: "/usr/local/bin/s3backup".into(),
+            bucket: "images-bucket".into(),
+            dest: "/home/user/myS3backup".into(),
+            prefix: None,
+            region: Some("eu-west-1".into()),
+            endpoint_url: None,
+            force_path_style: false,
+            log_tag: "s3backup".into(),
+        }
+    }
+
+    #[test]
+    fn renders_one_job_line() {
+        let out = job().render().unwrap();
+        let lines: Vec<&str> = out.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(lines[0], "SHELL=/bin/sh");
+        assert_eq!(
+            lines[2],
+            "17 3 * * * user /usr/local/bin/s3backup --bucket images-bucket --dest /home/user/myS3backup --region eu-west-1 2>&1 | logger -t s3backup"
+        );
+        assert_eq!(lines.len(), 3);
+    }
+
+    #[test]
+    fn odd_values_are_quoted_and_percent_escaped() {
+        let mut j = job();
+        j.dest = "/home/user/my backup's 100%".into();
+        j.prefix = Some("a b".into());
+        let out = j.render().unwrap();
+        assert!(
+            out.contains(r"--dest '/home/user/my backup'\''s 100\%' --prefix 'a b'"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let mut j = job();
+        j.schedule = "17 3 * *".into();
+        assert!(matches!(j.render(), Err(CronError::Schedule(_))));
+        j.schedule = "17 3 * * * rm -rf /".into();
+        assert!(matches!(j.render(), Err(CronError::Schedule(_))));
+        let mut j = job();
+        j.user = "root; rm".into();
+        assert!(matches!(j.render(), Err(CronError::User(_))));
+        let mut j = job();
+        j.dest = "relative".into();
+        assert!(j.render().unwrap_err().to_string().contains("--dest"));
+        let mut j = job();
+        j.bucket = "a\nb".into();
+        assert!(j.render().unwrap_err().to_string().contains("--bucket"));
+        let mut j = job();
+        j.schedule = "@daily".into();
+        assert!(j.render().is_ok());
+    }
+}

@@ -1,0 +1,476 @@
+//! Downloading one object into its staged temp file: a single GET, or parallel ranged GETs above a
+//! threshold; checksum verification; retries of what is transient; commit through `atomic`.
+//!
+//! Every request holds a permit of one shared semaphore, so `--concurrency` bounds the requests in flight
+//! (and so the memory) whether they are whole small objects or parts of a large one. A permit is only
+//! held while its request runs, never while waiting for another, so no mix of objects can deadlock.
+
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use tokio::sync::Semaphore;
+
+use crate::atomic::Staged;
+use crate::listing::{self, ObjectInfo};
+use crate::verify::{Expected, Hasher, ResponseChecksums};
+
+/// Attempts per object (and per part) for failures worth retrying: a cut or short body, a checksum
+/// mismatch, a 5xx that outlived the SDK's own retries.
+const ATTEMPTS: u32 = 4;
+/// Bytes gathered before one blocking write + hash: big enough to amortise the hand-off to the blocking
+/// pool, small enough that `concurrency` of them stay a few MiB.
+const WRITE_BATCH: usize = 256 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct FetchSettings {
+    /// Objects larger than this are fetched as parallel ranges.
+    pub ranged_threshold: u64,
+    pub part_size: u64,
+    pub retry_base_delay: Duration,
+}
+
+impl Default for FetchSettings {
+    fn default() -> Self {
+        FetchSettings {
+            ranged_threshold: 32 * 1024 * 1024,
+            part_size: 8 * 1024 * 1024,
+            retry_base_delay: Duration::from_millis(200),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// Worth another attempt.
+    #[error("{0}")]
+    Transient(String),
+    /// Will not get better by retrying now (access denied, archived object, local I/O error).
+    #[error("{0}")]
+    Permanent(String),
+    /// `If-Match` failed or the object vanished: it changed since it was listed.
+    #[error("object changed since it was listed")]
+    Changed,
+}
+
+/// What was installed.
+#[derive(Debug)]
+pub struct Fetched {
+    pub bytes: u64,
+    /// How the body was verified (`none` when S3 offered nothing to verify against).
+    pub verified_with: &'static str,
+}
+
+#[derive(Clone)]
+pub struct Fetcher {
+    client: Client,
+    bucket: Arc<str>,
+    requests: Arc<Semaphore>,
+    settings: FetchSettings,
+}
+
+impl Fetcher {
+    pub fn new(client: Client, bucket: &str, concurrency: usize, settings: FetchSettings) -> Self {
+        Fetcher {
+            client,
+            bucket: bucket.into(),
+            requests: Arc::new(Semaphore::new(concurrency)),
+            settings,
+        }
+    }
+
+    /// Download `obj` to `target` (whose directory exists), verified, atomically, with retries.
+    pub async fn fetch(&self, obj: &ObjectInfo, target: &Path) -> Result<Fetched, String> {
+        let mut obj = obj.clone();
+        let mut last = String::new();
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(self.backoff(attempt)).await;
+            }
+            let result = if obj.size > self.settings.ranged_threshold {
+                self.fetch_ranged(&obj, target).await
+            } else {
+                self.fetch_whole(&obj, target).await
+            };
+            match result {
+                Ok(f) => return Ok(f),
+                Err(FetchError::Permanent(e)) => return Err(e),
+                Err(FetchError::Transient(e)) => {
+                    tracing::debug!(key = %obj.key, attempt, "retrying: {e}");
+                    last = e;
+                }
+                Err(FetchError::Changed) => {
+                    match listing::refresh(&self.client, &self.bucket, &obj.key).await {
+                        Ok(Some(fresh)) => {
+                            tracing::info!(key = %obj.key, "changed since listed; fetching the new version");
+                            last = "object kept changing while being downloaded".into();
+                            obj = fresh;
+                        }
+                        Ok(None) => return Err("object was deleted while the backup ran".into()),
+                        Err(e) => last = format!("object changed, and looking it up again failed: {e}"),
+                    }
+                }
+            }
+        }
+        Err(format!("giving up after {ATTEMPTS} attempts: {last}"))
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let base = self.settings.retry_base_delay * 2u32.pow(attempt.min(6) - 1);
+        // Up to 50% jitter, so that parallel retries do not hit a throttling server in lockstep.
+        let jitter = base.mul_f64(fastrand::f64() * 0.5);
+        base + jitter
+    }
+
+    async fn fetch_whole(&self, obj: &ObjectInfo, target: &Path) -> Result<Fetched, FetchError> {
+        let staged = blocking({
+            let target = target.to_path_buf();
+            move || Staged::create(&target)
+        })
+        .await
+        .map_err(|e| local_error(target, "creating temp file", e))?;
+
+        let _permit = self.requests.acquire().await.expect("never closed");
+        let resp = self
+            .client
+            .get_object()
+            .bucket(&*self.bucket)
+            .key(&obj.key)
+            .set_if_match(obj.etag.clone())
+            .customize()
+            .mutate_request(ask_for_checksums)
+            .send()
+            .await
+            .map_err(classify)?;
+        let sums = ResponseChecksums {
+            crc64nvme: resp.checksum_crc64_nvme().map(Into::into),
+            crc32c: resp.checksum_crc32_c().map(Into::into),
+            crc32: resp.checksum_crc32().map(Into::into),
+            sha1: resp.checksum_sha1().map(Into::into),
+            sha256: resp.checksum_sha256().map(Into::into),
+            checksum_type: resp.checksum_type().map(|t| t.as_str().to_owned()),
+            etag: resp.e_tag().map(Into::into),
+            sse: resp.server_side_encryption().map(|s| s.as_str().to_owned()),
+            sse_customer: resp.sse_customer_algorithm().is_some(),
+        };
+        if obj.etag.is_none() && resp.content_length() != Some(obj.size as i64) {
+            return Err(FetchError::Changed);
+        }
+        let expected = Expected::from_response(&sums);
+        let hasher = expected.hasher();
+        let (staged, hasher, n) = stream_to_file(resp.body, staged, hasher, 0).await?;
+        drop(_permit);
+        if n != obj.size {
+            return Err(FetchError::Transient(format!(
+                "body was {n} bytes, the listing says {}",
+                obj.size
+            )));
+        }
+        expected
+            .check(hasher.finish())
+            .map_err(|m| FetchError::Transient(m.to_string()))?;
+        self.commit(staged, obj, target).await?;
+        Ok(Fetched {
+            bytes: n,
+            verified_with: expected.describe(),
+        })
+    }
+
+    async fn fetch_ranged(&self, obj: &ObjectInfo, target: &Path) -> Result<Fetched, FetchError> {
+        let head = {
+            let _permit = self.requests.acquire().await.expect("never closed");
+            self.client
+                .head_object()
+                .bucket(&*self.bucket)
+                .key(&obj.key)
+                .set_if_match(obj.etag.clone())
+                .customize()
+                .mutate_request(ask_for_checksums)
+                .send()
+                .await
+                .map_err(classify)?
+        };
+        if head.content_length() != Some(obj.size as i64) {
+            return Err(FetchError::Changed);
+        }
+        let sums = ResponseChecksums {
+            crc64nvme: head.checksum_crc64_nvme().map(Into::into),
+            crc32c: head.checksum_crc32_c().map(Into::into),
+            crc32: head.checksum_crc32().map(Into::into),
+            sha1: head.checksum_sha1().map(Into::into),
+            sha256: head.checksum_sha256().map(Into::into),
+            checksum_type: head.checksum_type().map(|t| t.as_str().to_owned()),
+            etag: head.e_tag().map(Into::into),
+            sse: head.server_side_encryption().map(|s| s.as_str().to_owned()),
+            sse_customer: head.sse_customer_algorithm().is_some(),
+        };
+        // Every part must come from the version HEAD saw: If-Match its ETag.
+        let etag = head.e_tag().map(str::to_owned).or_else(|| obj.etag.clone());
+        let expected = Expected::from_response(&sums);
+
+        let size = obj.size;
+        let staged = blocking({
+            let target = target.to_path_buf();
+            move || {
+                let s = Staged::create(&target)?;
+                s.file().set_len(size)?;
+                Ok(s)
+            }
+        })
+        .await
+        .map_err(|e| local_error(target, "creating temp file", e))?;
+        let file = Arc::new(
+            staged
+                .file()
+                .try_clone()
+                .map_err(|e| local_error(target, "opening temp file", e))?,
+        );
+
+        let part = self.settings.part_size.max(1);
+        let ranges = (0..size.div_ceil(part)).map(|i| (i * part, ((i + 1) * part).min(size)));
+        let width = self.requests.available_permits().max(1);
+        futures::stream::iter(ranges)
+            .map(|(start, end)| self.fetch_range(obj, etag.as_deref(), file.clone(), start, end))
+            .buffer_unordered(width)
+            .try_collect::<()>()
+            .await?;
+        drop(file);
+
+        // Parts arrive out of order, so the full-object checksum is computed over the assembled file.
+        if !matches!(expected, Expected::None) {
+            let mut hasher = expected.hasher();
+            let staged_file = staged
+                .file()
+                .try_clone()
+                .map_err(|e| local_error(target, "reopening temp file", e))?;
+            let hasher_done = blocking(move || {
+                let f = staged_file;
+                let mut buf = vec![0u8; 1024 * 1024];
+                let mut at = 0;
+                loop {
+                    let n = f.read_at(&mut buf, at)?;
+                    if n == 0 {
+                        break;
+                    }
+                    hasher.update(&buf[..n]);
+                    at += n as u64;
+                }
+                Ok(hasher)
+            })
+            .await
+            .map_err(|e| local_error(target, "reading temp file back", e))?;
+            expected
+                .check(hasher_done.finish())
+                .map_err(|m| FetchError::Transient(m.to_string()))?;
+        }
+        self.commit(staged, obj, target).await?;
+        Ok(Fetched {
+            bytes: size,
+            verified_with: expected.describe(),
+        })
+    }
+
+    async fn fetch_range(
+        &self,
+        obj: &ObjectInfo,
+        etag: Option<&str>,
+        file: Arc<std::fs::File>,
+        start: u64,
+        end: u64,
+    ) -> Result<(), FetchError> {
+        let mut last = String::new();
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(self.backoff(attempt)).await;
+            }
+            let _permit = self.requests.acquire().await.expect("never closed");
+            let resp = self
+                .client
+                .get_object()
+                .bucket(&*self.bucket)
+                .key(&obj.key)
+                .range(format!("bytes={}-{}", start, end - 1))
+                .set_if_match(etag.map(str::to_owned))
+                .send()
+                .await
+                .map_err(classify);
+            let result = match resp {
+                Ok(resp) => write_range(resp.body, file.clone(), start, end).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => return Ok(()),
+                Err(FetchError::Transient(e)) => last = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(FetchError::Transient(format!(
+            "bytes {start}-{}: {last}",
+            end - 1
+        )))
+    }
+
+    async fn commit(&self, staged: Staged, obj: &ObjectInfo, target: &Path) -> Result<(), FetchError> {
+        let (size, mtime) = (obj.size, obj.last_modified);
+        blocking(move || staged.commit(size, mtime))
+            .await
+            .map_err(|e| local_error(target, "installing", e))
+    }
+}
+
+fn ask_for_checksums(req: &mut aws_sdk_s3::config::http::HttpRequest) {
+    // Sent by hand rather than through `checksum_mode(Enabled)`, which would make the SDK validate the
+    // body too: we verify it ourselves (including the MD5 fallback) and must not pay twice.
+    req.headers_mut().insert("x-amz-checksum-mode", "ENABLED");
+}
+
+/// Stream `body` into the staged file (appending), hashing as it goes. Returns the byte count.
+async fn stream_to_file(
+    mut body: ByteStream,
+    staged: Staged,
+    hasher: Hasher,
+    mut n: u64,
+) -> Result<(Staged, Hasher, u64), FetchError> {
+    let mut state = Some((staged, hasher));
+    let mut pending: Vec<Bytes> = Vec::new();
+    let mut pending_len = 0;
+    loop {
+        let chunk = body
+            .try_next()
+            .await
+            .map_err(|e| FetchError::Transient(format!("reading body: {}", DisplayErrorContext(&e))))?;
+        let done = chunk.is_none();
+        if let Some(c) = chunk {
+            pending_len += c.len();
+            n += c.len() as u64;
+            pending.push(c);
+        }
+        if pending_len >= WRITE_BATCH || (done && pending_len > 0) {
+            let (staged, mut hasher) = state.take().expect("restored below");
+            let batch = std::mem::take(&mut pending);
+            pending_len = 0;
+            let restored = blocking(move || {
+                let mut f = staged.file();
+                for b in &batch {
+                    f.write_all(b)?;
+                    hasher.update(b);
+                }
+                Ok((staged, hasher))
+            })
+            .await
+            .map_err(|e| FetchError::Permanent(format!("writing temp file: {e}")))?;
+            state = Some(restored);
+        }
+        if done {
+            let (staged, hasher) = state.expect("present");
+            return Ok((staged, hasher, n));
+        }
+    }
+}
+
+async fn write_range(
+    mut body: ByteStream,
+    file: Arc<std::fs::File>,
+    start: u64,
+    end: u64,
+) -> Result<(), FetchError> {
+    let mut at = start;
+    let mut pending: Vec<Bytes> = Vec::new();
+    let mut pending_len = 0;
+    loop {
+        let chunk = body
+            .try_next()
+            .await
+            .map_err(|e| FetchError::Transient(format!("reading body: {}", DisplayErrorContext(&e))))?;
+        let done = chunk.is_none();
+        if let Some(c) = chunk {
+            if at + (pending_len + c.len()) as u64 > end {
+                return Err(FetchError::Transient(format!(
+                    "range {start}-{} returned more bytes than asked for",
+                    end - 1
+                )));
+            }
+            pending_len += c.len();
+            pending.push(c);
+        }
+        if pending_len >= WRITE_BATCH || (done && pending_len > 0) {
+            let batch = std::mem::take(&mut pending);
+            let f = file.clone();
+            let offset = at;
+            at += pending_len as u64;
+            pending_len = 0;
+            blocking(move || {
+                let mut off = offset;
+                for b in &batch {
+                    f.write_all_at(b, off)?;
+                    off += b.len() as u64;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| FetchError::Permanent(format!("writing temp file: {e}")))?;
+        }
+        if done {
+            if at != end {
+                return Err(FetchError::Transient(format!(
+                    "range {start}-{} ended after {} bytes",
+                    end - 1,
+                    at - start
+                )));
+            }
+            return Ok(());
+        }
+    }
+}
+
+fn classify<E, R>(e: SdkError<E, R>) -> FetchError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + HasStatus,
+{
+    let status = e.raw_response().map(|r| r.status_code());
+    let code = e.code().map(str::to_owned);
+    let text = DisplayErrorContext(&e).to_string();
+    match (status, code.as_deref()) {
+        (Some(412), _) | (_, Some("PreconditionFailed")) => FetchError::Changed,
+        (Some(404), _) | (_, Some("NoSuchKey")) => FetchError::Changed,
+        (_, Some("InvalidObjectState")) => FetchError::Permanent(format!(
+            "object is archived (restore it before it can be backed up): {text}"
+        )),
+        (Some(s), _) if (400..500).contains(&s) && s != 408 && s != 429 => {
+            FetchError::Permanent(text)
+        }
+        _ => FetchError::Transient(text),
+    }
+}
+
+/// The raw-response type differs between SDK error instantiations; all we need from it is the status.
+pub trait HasStatus {
+    fn status_code(&self) -> u16;
+}
+
+impl HasStatus for aws_sdk_s3::config::http::HttpResponse {
+    fn status_code(&self) -> u16 {
+        self.status().as_u16()
+    }
+}
+
+fn local_error(target: &Path, what: &str, e: io::Error) -> FetchError {
+    FetchError::Permanent(format!("{what} for {}: {e}", target.display()))
+}
+
+/// Run blocking file work on tokio's blocking pool, off the reactor threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|join| Err(io::Error::other(format!("blocking task failed: {join}"))))
+}

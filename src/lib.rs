@@ -1,0 +1,105 @@
+//! s3backup: a verified, atomic, incremental backup of an S3 bucket into a local folder.
+//!
+//! `run` is the whole program behind `main`: it turns the parsed command line into a `Config`, runs the
+//! engine (`backup`) and maps the outcome onto the documented exit codes (`report::Exit`).
+
+pub mod atomic;
+pub mod backup;
+pub mod cli;
+pub mod config;
+pub mod cron;
+pub mod fetch;
+pub mod keypath;
+pub mod listing;
+pub mod lock;
+pub mod plan;
+pub mod report;
+pub mod s3;
+pub mod verify;
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+use indicatif::ProgressBar;
+
+use crate::backup::RunError;
+use crate::cli::{Cli, Command};
+use crate::fetch::FetchSettings;
+use crate::report::Exit;
+
+/// Run the parsed command line to completion.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Some(Command::CronEntry(args)) = cli.command {
+        let job = args.into_job()?;
+        print!("{}", job.render()?);
+        return Ok(Exit::Ok.into());
+    }
+    let json = cli.backup.json;
+    let config = match cli.backup.into_config() {
+        Ok(c) => c,
+        Err(e) => return Ok(fail(json, Exit::Config, &e.to_string())),
+    };
+    let pb = report::progress_bar(std::io::stderr().is_terminal() && !json);
+    init_logging(&pb);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let outcome = runtime.block_on(backup::run(&config, FetchSettings::default(), &pb));
+    pb.finish_and_clear();
+    match outcome {
+        Ok(report) => {
+            eprintln!("{}", report.human_summary(20));
+            if json {
+                println!("{}", report.to_json());
+            }
+            Ok(report.exit().into())
+        }
+        Err(RunError::Locked(e)) => Ok(fail(json, Exit::Locked, &e.to_string())),
+        Err(RunError::Config(e)) => Ok(fail(json, Exit::Config, &e)),
+    }
+}
+
+/// Report a run that could not happen: `error: ...` on stderr and, with `--json`, the one JSON object.
+pub fn fail(json: bool, exit: Exit, message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    if json {
+        return json_error(exit, message);
+    }
+    exit.into()
+}
+
+/// The one JSON object of a run that could not happen.
+pub fn json_error(exit: Exit, message: &str) -> ExitCode {
+    let doc = serde_json::json!({ "error": message, "exit_code": exit as u8 });
+    println!("{doc}");
+    exit.into()
+}
+
+fn init_logging(pb: &ProgressBar) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("S3BACKUP_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let pb = pb.clone();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .with_writer(move || SuspendingStderr(pb.clone()))
+        .try_init();
+}
+
+/// Log lines go to stderr around the progress bar instead of through it.
+struct SuspendingStderr(ProgressBar);
+
+impl Write for SuspendingStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // A closed stderr (e.g. the logger of a cron pipe died) must not stop the backup.
+        self.0
+            .suspend(|| std::io::stderr().write(buf))
+            .or(Ok(buf.len()))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}

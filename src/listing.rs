@@ -1,0 +1,127 @@
+//! Bucket listing: ListObjectsV2 through the SDK paginator, streamed page by page into a bounded channel.
+//!
+//! Keys are requested URL-encoded (`encoding-type=url`) because XML 1.0 cannot carry most control
+//! characters; they are decoded here, so the rest of the engine only ever sees the real key.
+
+use std::time::SystemTime;
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_s3::types::{EncodingType, Object};
+use percent_encoding::percent_decode_str;
+use tokio::sync::mpsc;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+    /// As S3 sends it, quotes included (that is what `If-Match` expects).
+    pub etag: Option<String>,
+    pub last_modified: Option<SystemTime>,
+}
+
+/// One page of the listing, or the error that ended it.
+pub type Page = Result<Vec<ObjectInfo>, ListError>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListError {
+    #[error("bucket '{bucket}' does not exist")]
+    NoSuchBucket { bucket: String },
+    #[error("access denied listing bucket '{bucket}': {detail}")]
+    AccessDenied { bucket: String, detail: String },
+    #[error("listing bucket '{bucket}' failed: {detail}")]
+    Other { bucket: String, detail: String },
+    #[error("listing returned a key that is not valid URL-encoded UTF-8: {0:?}")]
+    BadKey(String),
+}
+
+/// Start listing `bucket` (under `prefix`) in the background. Pages arrive in listing order; at most
+/// `depth` pages wait in the channel, so memory is bounded however large the bucket is.
+pub fn spawn(
+    client: Client,
+    bucket: String,
+    prefix: Option<String>,
+    depth: usize,
+) -> mpsc::Receiver<Page> {
+    let (tx, rx) = mpsc::channel(depth);
+    tokio::spawn(async move {
+        let mut pages = client
+            .list_objects_v2()
+            .bucket(&bucket)
+            .set_prefix(prefix)
+            .encoding_type(EncodingType::Url)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = match page {
+                Ok(out) => {
+                    let url_encoded = out.encoding_type() == Some(&EncodingType::Url);
+                    out.contents()
+                        .iter()
+                        .map(|o| object_info(o, url_encoded))
+                        .collect::<Result<Vec<_>, _>>()
+                }
+                Err(e) => Err(classify(&bucket, &e)),
+            };
+            let stop = page.is_err();
+            if tx.send(page).await.is_err() || stop {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn object_info(o: &Object, url_encoded: bool) -> Result<ObjectInfo, ListError> {
+    let raw = o.key().unwrap_or_default();
+    let key = if url_encoded {
+        percent_decode_str(raw)
+            .decode_utf8()
+            .map_err(|_| ListError::BadKey(raw.to_owned()))?
+            .into_owned()
+    } else {
+        raw.to_owned()
+    };
+    Ok(ObjectInfo {
+        key,
+        size: o.size().unwrap_or(0).max(0) as u64,
+        etag: o.e_tag().map(str::to_owned),
+        last_modified: o.last_modified().and_then(|t| SystemTime::try_from(*t).ok()),
+    })
+}
+
+fn classify<E>(bucket: &str, e: &aws_sdk_s3::error::SdkError<E>) -> ListError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let bucket = bucket.to_owned();
+    let detail = DisplayErrorContext(e).to_string();
+    match e.code() {
+        Some("NoSuchBucket") => ListError::NoSuchBucket { bucket },
+        Some("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AllAccessDisabled") => {
+            ListError::AccessDenied { bucket, detail }
+        }
+        _ => ListError::Other { bucket, detail },
+    }
+}
+
+/// Look one key up again (after an `If-Match` failure told us it changed since it was listed).
+pub async fn refresh(client: &Client, bucket: &str, key: &str) -> Result<Option<ObjectInfo>, String> {
+    let out = client
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(key)
+        .max_keys(1)
+        .encoding_type(EncodingType::Url)
+        .send()
+        .await
+        .map_err(|e| DisplayErrorContext(&e).to_string())?;
+    let url_encoded = out.encoding_type() == Some(&EncodingType::Url);
+    for o in out.contents() {
+        let info = object_info(o, url_encoded).map_err(|e| e.to_string())?;
+        if info.key == key {
+            return Ok(Some(info));
+        }
+    }
+    Ok(None)
+}

@@ -1,0 +1,25 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use s3backup::cli::Cli;
+use s3backup::report::Exit;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() && std::env::args_os().any(|a| a == "--json") => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid usage");
+            let _ = e.print();
+            return s3backup::json_error(Exit::Config, first.trim_start_matches("error: "));
+        }
+        Err(e) => e.exit(),
+    };
+    match s3backup::run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            Exit::Config.into()
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! Per-object decision against the destination: fetch, skip as unchanged, make a folder, or refuse.
+//!
+//! Runs on a blocking thread, one listing page at a time, in listing order. Owns the file/prefix conflict
+//! rule: S3 lists keys in byte order, so a file key `a` always comes before every `a/...` key; the first one
+//! listed wins, on every run, and a file already on disk is never displaced.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use crate::keypath::{Mapping, RefuseReason, map_key};
+use crate::listing::ObjectInfo;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// Download into `dest/<path>`.
+    Fetch(PathBuf),
+    /// The local copy has the object's size and LastModified.
+    Unchanged,
+    /// A folder marker whose directory exists now (created or already there).
+    Folder,
+    Refused(RefuseReason),
+    /// A local error while deciding (e.g. permission denied on a directory): reported as a failure.
+    Error(String),
+}
+
+/// Remembers, in bounded memory, the file keys that are prefixes of the current key.
+///
+/// Keys sharing a prefix are contiguous in byte order, so once a stacked key is no longer a prefix of the
+/// current key it never will be again and can be dropped: the stack never holds more than one entry per
+/// path depth.
+pub struct Planner {
+    files: Vec<String>,
+    last_checked_parent: Option<PathBuf>,
+    /// False for a dry run: folder markers are then only checked, never created.
+    create_folders: bool,
+}
+
+impl Planner {
+    pub fn new(create_folders: bool) -> Planner {
+        Planner {
+            files: Vec::new(),
+            last_checked_parent: None,
+            create_folders,
+        }
+    }
+
+    pub fn plan(&mut self, dest: &Path, obj: &ObjectInfo) -> Plan {
+        let mapping = map_key(&obj.key, obj.size);
+        let (rel, is_file) = match &mapping {
+            Mapping::File(p) => (p, true),
+            Mapping::FolderMarker(p) => (p, false),
+            Mapping::Refused(r) => return Plan::Refused(r.clone()),
+        };
+        let rel_str = rel.to_str().expect("keys are UTF-8");
+        while let Some(top) = self.files.last() {
+            if rel_str.starts_with(top.as_str()) {
+                break;
+            }
+            self.files.pop();
+        }
+        if let Some(parent) = self.files.iter().find(|f| is_strict_ancestor(f, rel_str)) {
+            return Plan::Refused(RefuseReason::ParentIsFile(parent.clone()));
+        }
+        if !is_file && self.files.last().is_some_and(|f| f == rel_str) {
+            return Plan::Refused(RefuseReason::MarkerOverFile);
+        }
+        if let Err(r) = self.check_ancestors_on_disk(dest, rel) {
+            return r;
+        }
+        let plan = if is_file {
+            local_file_plan(&dest.join(rel), obj, rel)
+        } else {
+            folder_plan(dest, rel, self.create_folders)
+        };
+        if is_file && !matches!(plan, Plan::Refused(_)) {
+            self.files.push(rel_str.to_owned());
+        }
+        plan
+    }
+
+    /// Every existing ancestor of `rel` under `dest` must be a real directory: a file there would be
+    /// displaced, and a symlink there could lead outside `dest`.
+    fn check_ancestors_on_disk(&mut self, dest: &Path, rel: &Path) -> Result<(), Plan> {
+        let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) else {
+            return Ok(());
+        };
+        if self.last_checked_parent.as_deref() == Some(parent) {
+            return Ok(());
+        }
+        let mut here = dest.to_path_buf();
+        for comp in parent.components() {
+            here.push(comp);
+            match fs::symlink_metadata(&here) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    let shown = here.strip_prefix(dest).unwrap_or(&here);
+                    return Err(Plan::Refused(RefuseReason::ParentNotDirOnDisk(
+                        shown.display().to_string(),
+                    )));
+                }
+                // Not there yet: nothing below it exists either, and it will be created as a directory.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                Err(e) => {
+                    return Err(Plan::Error(format!("{}: {e}", here.display())));
+                }
+            }
+        }
+        self.last_checked_parent = Some(parent.to_path_buf());
+        Ok(())
+    }
+}
+
+fn is_strict_ancestor(file: &str, rel: &str) -> bool {
+    rel.len() > file.len() && rel.starts_with(file) && rel.as_bytes()[file.len()] == b'/'
+}
+
+fn local_file_plan(target: &Path, obj: &ObjectInfo, rel: &Path) -> Plan {
+    match fs::symlink_metadata(target) {
+        Ok(m) if m.is_dir() => Plan::Refused(RefuseReason::IsDirOnDisk),
+        Ok(m) if m.is_file() && is_current(&m, obj) => Plan::Unchanged,
+        // Anything else (stale file, symlink, fifo) is replaced atomically by rename.
+        Ok(_) => Plan::Fetch(rel.to_path_buf()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Plan::Fetch(rel.to_path_buf()),
+        Err(e) => Plan::Error(format!("{}: {e}", target.display())),
+    }
+}
+
+/// Size and LastModified-as-mtime: a same-size overwrite in S3 changes LastModified, so it is fetched.
+pub fn is_current(m: &fs::Metadata, obj: &ObjectInfo) -> bool {
+    let Some(lm) = obj.last_modified else {
+        return false;
+    };
+    m.len() == obj.size && m.modified().ok() == Some(lm)
+}
+
+fn folder_plan(dest: &Path, rel: &Path, create: bool) -> Plan {
+    let target = dest.join(rel);
+    match fs::symlink_metadata(&target) {
+        Ok(m) if m.is_dir() => Plan::Folder,
+        Ok(_) => Plan::Refused(RefuseReason::MarkerOverFile),
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !create => Plan::Folder,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => match create_dirs(dest, rel) {
+            Ok(()) => Plan::Folder,
+            Err(e) => Plan::Error(format!("{}: {e}", target.display())),
+        },
+        Err(e) => Plan::Error(format!("{}: {e}", target.display())),
+    }
+}
+
+/// Create `dest/<rel>` and any missing ancestors, owner-only (the umask still applies), and make each new
+/// entry durable in its parent.
+pub fn create_dirs(dest: &Path, rel: &Path) -> io::Result<()> {
+    let mut here = dest.to_path_buf();
+    for comp in rel.components() {
+        here.push(comp);
+        match fs::DirBuilder::new().mode(0o700).create(&here) {
+            Ok(()) => {
+                let parent = here.parent().expect("joined onto dest");
+                fs::File::open(parent)?.sync_all()?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                if !fs::symlink_metadata(&here)?.is_dir() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::NotADirectory,
+                        format!("{} exists and is not a directory", here.display()),
+                    ));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn obj(key: &str, size: u64) -> ObjectInfo {
+        ObjectInfo {
+            key: key.into(),
+            size,
+            etag: None,
+            last_modified: Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
+        }
+    }
+
+    #[test]
+    fn first_listed_file_wins_over_prefix() {
+        let d = tempfile::tempdir().unwrap();
+        let mut p = Planner::new(true);
+        assert_eq!(p.plan(d.path(), &obj("a", 1)), Plan::Fetch("a".into()));
+        assert_eq!(p.plan(d.path(), &obj("a-b", 1)), Plan::Fetch("a-b".into()));
+        assert_eq!(
+            p.plan(d.path(), &obj("a/b", 1)),
+            Plan::Refused(RefuseReason::ParentIsFile("a".into()))
+        );
+        assert_eq!(
+            p.plan(d.path(), &obj("a/c/d", 1)),
+            Plan::Refused(RefuseReason::ParentIsFile("a".into()))
+        );
+        assert_eq!(p.plan(d.path(), &obj("ab/c", 1)), Plan::Fetch("ab/c".into()));
+        assert_eq!(p.plan(d.path(), &obj("b/", 0)), Plan::Folder);
+        assert!(d.path().join("b").is_dir());
+    }
+
+    #[test]
+    fn marker_never_displaces_file() {
+        let d = tempfile::tempdir().unwrap();
+        let mut p = Planner::new(true);
+        assert_eq!(p.plan(d.path(), &obj("a", 1)), Plan::Fetch("a".into()));
+        assert_eq!(
+            p.plan(d.path(), &obj("a/", 0)),
+            Plan::Refused(RefuseReason::MarkerOverFile)
+        );
+        fs::write(d.path().join("f"), b"x").unwrap();
+        let mut p = Planner::new(true);
+        assert_eq!(
+            p.plan(d.path(), &obj("f/", 0)),
+            Plan::Refused(RefuseReason::MarkerOverFile)
+        );
+        assert!(d.path().join("f").is_file());
+    }
+
+    #[test]
+    fn existing_local_file_is_never_displaced_by_a_new_prefix() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("old"), b"kept").unwrap();
+        let mut p = Planner::new(true);
+        assert_eq!(
+            p.plan(d.path(), &obj("old/new", 1)),
+            Plan::Refused(RefuseReason::ParentNotDirOnDisk("old".into()))
+        );
+        fs::create_dir(d.path().join("dir")).unwrap();
+        assert_eq!(
+            p.plan(d.path(), &obj("dir", 1)),
+            Plan::Refused(RefuseReason::IsDirOnDisk)
+        );
+    }
+
+    #[test]
+    fn symlinked_ancestor_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), d.path().join("link")).unwrap();
+        let mut p = Planner::new(true);
+        assert_eq!(
+            p.plan(d.path(), &obj("link/x", 1)),
+            Plan::Refused(RefuseReason::ParentNotDirOnDisk("link".into()))
+        );
+    }
+
+    #[test]
+    fn unchanged_needs_size_and_mtime() {
+        let d = tempfile::tempdir().unwrap();
+        let o = obj("f", 3);
+        let path = d.path().join("f");
+        fs::write(&path, b"abc").unwrap();
+        let mut p = Planner::new(true);
+        assert_eq!(p.plan(d.path(), &o), Plan::Fetch("f".into()));
+        let f = fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(o.last_modified.unwrap()).unwrap();
+        assert_eq!(p.plan(d.path(), &o), Plan::Unchanged);
+        // Same size, newer LastModified (a same-size overwrite): fetched again.
+        let mut newer = o.clone();
+        newer.last_modified = Some(o.last_modified.unwrap() + Duration::from_secs(1));
+        assert_eq!(p.plan(d.path(), &newer), Plan::Fetch("f".into()));
+        let mut bigger = o.clone();
+        bigger.size = 4;
+        assert_eq!(p.plan(d.path(), &bigger), Plan::Fetch("f".into()));
+    }
+}

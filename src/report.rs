@@ -1,0 +1,202 @@
+//! The run's outcome: counters, refused and failed keys, the JSON document, the human summary, the
+//! exit code and the progress bar.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+/// The process exit codes (documented in `--help` and the README).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    /// Every listed object is backed up.
+    Ok = 0,
+    /// Some objects failed or were refused; the rest are backed up.
+    Partial = 1,
+    /// Usage or configuration error: bad flag, unwritable destination, missing bucket, access denied.
+    Config = 2,
+    /// Another run into the same destination holds the lock (EX_TEMPFAIL).
+    Locked = 75,
+}
+
+impl From<Exit> for std::process::ExitCode {
+    fn from(e: Exit) -> Self {
+        std::process::ExitCode::from(e as u8)
+    }
+}
+
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0   every listed object is backed up
+  1   some objects failed or were refused (named in the summary); the rest are backed up
+  2   usage or configuration error (bad flag, unwritable destination, missing bucket, access denied)
+  75  another run into the same destination holds the lock";
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Refused {
+    pub key: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Failed {
+    pub key: String,
+    pub error: String,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Report {
+    pub listed: u64,
+    pub downloaded: u64,
+    pub unchanged: u64,
+    pub bytes_downloaded: u64,
+    pub elapsed_seconds: f64,
+    pub refused: Vec<Refused>,
+    pub failed: Vec<Failed>,
+    /// Folder markers (zero-byte keys ending in `/`) whose directory exists.
+    pub folders: u64,
+    /// Downloaded objects for which S3 offered no checksum and no MD5 ETag (byte count checked only).
+    pub unverified: u64,
+    /// Temp files of an interrupted earlier run removed before this one started.
+    pub stale_temp_files_removed: u64,
+    pub dry_run: bool,
+    /// With `--dry-run`: objects that a real run would download.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would_download: Option<u64>,
+    /// Set when the run stopped early (e.g. the listing broke off): not every object was seen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Report {
+    pub fn exit(&self) -> Exit {
+        if self.refused.is_empty() && self.failed.is_empty() && self.error.is_none() {
+            Exit::Ok
+        } else {
+            Exit::Partial
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("plain data serialises")
+    }
+
+    /// One line, then the refused and failed keys (the first few; all of them are in the JSON report).
+    pub fn human_summary(&self, limit: usize) -> String {
+        let mut s = String::new();
+        let _ = write!(
+            s,
+            "s3backup: {} listed, {} downloaded ({}), {} unchanged, {} folders, {} refused, {} failed in {:.1}s",
+            self.listed,
+            self.downloaded,
+            human_bytes(self.bytes_downloaded),
+            self.unchanged,
+            self.folders,
+            self.refused.len(),
+            self.failed.len(),
+            self.elapsed_seconds
+        );
+        if let Some(n) = self.would_download {
+            let _ = write!(s, " (dry run: {n} would be downloaded)");
+        }
+        if self.unverified > 0 {
+            let _ = write!(s, "; {} had no checksum to verify against", self.unverified);
+        }
+        if let Some(e) = &self.error {
+            let _ = write!(s, "\nerror: {e}");
+        }
+        for r in self.refused.iter().take(limit) {
+            let _ = write!(s, "\nrefused {:?}: {}", r.key, r.reason);
+        }
+        for f in self.failed.iter().take(limit) {
+            let _ = write!(s, "\nfailed {:?}: {}", f.key, f.error);
+        }
+        let hidden = self.refused.len().saturating_sub(limit) + self.failed.len().saturating_sub(limit);
+        if hidden > 0 {
+            let _ = write!(s, "\n... and {hidden} more (all are in the JSON report)");
+        }
+        s
+    }
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// A spinner with running counts, shown only when stderr is a terminal (indicatif hides it otherwise).
+pub fn progress_bar(enabled: bool) -> ProgressBar {
+    if !enabled {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new_spinner();
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed} {msg}").expect("static template"),
+    );
+    pb.enable_steady_tick(Duration::from_millis(120));
+    pb
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_code_follows_problems() {
+        let mut r = Report::default();
+        assert_eq!(r.exit(), Exit::Ok);
+        r.refused.push(Refused {
+            key: "../x".into(),
+            reason: "dot".into(),
+        });
+        assert_eq!(r.exit(), Exit::Partial);
+        let mut r = Report::default();
+        r.error = Some("listing broke off".into());
+        assert_eq!(r.exit(), Exit::Partial);
+    }
+
+    #[test]
+    fn json_has_the_contract_fields() {
+        let v: serde_json::Value = serde_json::from_str(&Report::default().to_json()).unwrap();
+        for k in [
+            "listed",
+            "downloaded",
+            "unchanged",
+            "bytes_downloaded",
+            "elapsed_seconds",
+            "refused",
+            "failed",
+        ] {
+            assert!(v.get(k).is_some(), "{k}");
+        }
+        assert!(v.get("error").is_none());
+    }
+
+    #[test]
+    fn summary_names_refused_keys_and_caps_the_list() {
+        let mut r = Report::default();
+        for i in 0..5 {
+            r.refused.push(Refused {
+                key: format!("../k{i}"),
+                reason: "r".into(),
+            });
+        }
+        let s = r.human_summary(2);
+        assert!(s.contains("refused \"../k0\""));
+        assert!(!s.contains("../k4"));
+        assert!(s.contains("3 more"));
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+    }
+}

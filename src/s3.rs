@@ -1,0 +1,59 @@
+//! Building the S3 client: the standard aws-config chain, a rustls (ring) HTTPS client, and the flags
+//! that override the chain.
+
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{Region, ResponseChecksumValidation};
+use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+
+use crate::config::Config;
+
+/// Region used with a custom endpoint when the chain has none: local S3 servers ignore it, but SigV4
+/// needs one.
+const FALLBACK_REGION: &str = "us-east-1";
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no AWS region configured: pass --region, set AWS_REGION, or set region in ~/.aws/config"
+)]
+pub struct NoRegion;
+
+pub async fn client(config: &Config) -> Result<aws_sdk_s3::Client, NoRegion> {
+    // rustls with ring: no aws-lc C build, which keeps the static musl build simple.
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+        .build_https();
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http)
+        .retry_config(
+            // Standard mode: exponential backoff with jitter, throttling (503 SlowDown) included.
+            RetryConfig::standard().with_max_attempts(5),
+        )
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .read_timeout(Duration::from_secs(60))
+                .build(),
+        );
+    if let Some(r) = &config.region {
+        loader = loader.region(Region::new(r.clone()));
+    }
+    if let Some(e) = &config.endpoint_url {
+        loader = loader.endpoint_url(e);
+    }
+    let sdk = loader.load().await;
+    let mut s3 = aws_sdk_s3::config::Builder::from(&sdk)
+        .force_path_style(config.force_path_style)
+        // We verify bodies ourselves (see verify.rs); the SDK must not hash them a second time.
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+    if sdk.region().is_none() {
+        if sdk.endpoint_url().is_none() {
+            return Err(NoRegion);
+        }
+        s3 = s3.region(Region::new(FALLBACK_REGION));
+    }
+    Ok(aws_sdk_s3::Client::from_conf(s3.build()))
+}
