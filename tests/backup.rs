@@ -1,0 +1,465 @@
+//! The real binary against real S3 servers on 127.0.0.1: every behaviour of the engine issue.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_s3::types::ChecksumAlgorithm;
+use common::*;
+
+fn images(n: usize, size: usize) -> BTreeMap<String, Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            (
+                format!("photos/2024/{:02}/img_{i:05}.jpg", i % 12 + 1),
+                bytes(i as u64, size + i),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn full_backup_then_noop_rerun_makes_no_gets() {
+    let b = Bucket::new(Kind::Seaweed, "full");
+    let objs = images(40, 3000);
+    b.put_many(&objs);
+    let s = Scratch::new();
+    let proxy = CountingProxy::start(&b.endpoint);
+
+    let r = backup_via(&proxy.endpoint, &b, &s, &[]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let j = r.json();
+    assert_eq!(j["listed"], 40);
+    assert_eq!(j["downloaded"], 40);
+    assert_eq!(j["unchanged"], 0);
+    let total: usize = objs.values().map(Vec::len).sum();
+    assert_eq!(j["bytes_downloaded"], total as u64);
+    assert_eq!(j["unverified"], 0, "SeaweedFS ETags are MD5s: everything verifies");
+    assert_eq!(tree(&s.dest), objs);
+    assert_eq!(object_gets(&proxy.take()), 40);
+    assert!(r.stderr().contains("40 listed, 40 downloaded"), "{}", r.stderr());
+
+    let r = backup_via(&proxy.endpoint, &b, &s, &[]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let j = r.json();
+    assert_eq!((j["downloaded"].as_u64(), j["unchanged"].as_u64()), (Some(0), Some(40)));
+    let lines = proxy.take();
+    assert_eq!(object_gets(&lines), 0, "no-op re-run must not GET objects: {lines:?}");
+    assert!(lines.iter().any(|l| l.contains("list-type=2")), "it did list: {lines:?}");
+    assert!(s.outside_dest().is_empty());
+}
+
+#[test]
+fn files_get_last_modified_as_mtime_and_owner_only_modes() {
+    let b = Bucket::new(Kind::Seaweed, "modes");
+    b.put("a/b/c.jpg", b"abc");
+    let s = Scratch::new();
+    let r = backup(&b, &s, &[]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let lm = rt()
+        .block_on(b.client.head_object().bucket(&b.name).key("a/b/c.jpg").send())
+        .unwrap()
+        .last_modified()
+        .cloned()
+        .unwrap();
+    let mtime = fs::metadata(s.dest.join("a/b/c.jpg")).unwrap().modified().unwrap();
+    let lm = SystemTime::try_from(lm).unwrap();
+    let diff = mtime.duration_since(lm).unwrap_or_else(|e| e.duration());
+    assert!(diff < Duration::from_secs(1), "mtime {mtime:?} vs LastModified {lm:?}");
+    for (p, want) in [("", 0o700), ("a", 0o700), ("a/b", 0o700), ("a/b/c.jpg", 0o600)] {
+        let mode = fs::metadata(s.dest.join(p)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & !want, 0, "{p:?} has mode {mode:o}, wanted at most {want:o}");
+    }
+}
+
+#[test]
+fn pagination_past_1000_keys() {
+    let b = Bucket::new(Kind::Seaweed, "pages");
+    let objs: BTreeMap<String, Vec<u8>> = (0..1105)
+        .map(|i| (format!("k/{i:05}"), format!("object {i}").into_bytes()))
+        .collect();
+    b.put_many(&objs);
+    let s = Scratch::new();
+    let r = backup(&b, &s, &["--concurrency", "32"]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    assert_eq!(r.json()["listed"], 1105);
+    assert_eq!(r.json()["downloaded"], 1105);
+    assert_eq!(tree(&s.dest), objs);
+}
+
+#[test]
+fn multipart_objects_come_back_exact_through_ranged_gets() {
+    let b = Bucket::new(Kind::Seaweed, "multipart");
+    let mib = 1024 * 1024;
+    // 36 MiB: above the 32 MiB ranged threshold, so fetched as 5 parts of 8 MiB.
+    let parts: Vec<Vec<u8>> = (0..6).map(|i| bytes(100 + i, 6 * mib)).collect();
+    b.put_multipart("big/plain.bin", &parts, None);
+    let parts_crc: Vec<Vec<u8>> = (0..2).map(|i| bytes(200 + i, 5 * mib + 7)).collect();
+    b.put_multipart("big/crc.bin", &parts_crc, Some(ChecksumAlgorithm::Crc32));
+    assert!(b.etag("big/plain.bin").contains('-'), "really multipart");
+    let s = Scratch::new();
+    let r = backup(&b, &s, &[]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    assert_eq!(r.json()["downloaded"], 2);
+    assert_eq!(fs::read(s.dest.join("big/plain.bin")).unwrap(), parts.concat());
+    assert_eq!(fs::read(s.dest.join("big/crc.bin")).unwrap(), parts_crc.concat());
+    let r = backup(&b, &s, &[]);
+    assert_eq!(r.json()["unchanged"], 2, "{}", r.stderr());
+}
+
+#[test]
+fn same_size_overwrite_is_fetched_again() {
+    let b = Bucket::new(Kind::Seaweed, "overwrite");
+    b.put("img.jpg", b"version-1");
+    b.put("other.jpg", b"untouched");
+    let s = Scratch::new();
+    assert_eq!(backup(&b, &s, &[]).code(), 0);
+    // LastModified has one-second resolution on most servers.
+    std::thread::sleep(Duration::from_millis(1100));
+    b.put("img.jpg", b"version-2");
+    let r = backup(&b, &s, &[]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    assert_eq!((r.json()["downloaded"].as_u64(), r.json()["unchanged"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(fs::read(s.dest.join("img.jpg")).unwrap(), b"version-2");
+}
+
+#[test]
+fn objects_deleted_in_s3_are_kept_locally() {
+    let b = Bucket::new(Kind::Seaweed, "deleted");
+    b.put("keep.jpg", b"precious");
+    let s = Scratch::new();
+    assert_eq!(backup(&b, &s, &[]).code(), 0);
+    rt().block_on(b.client.delete_object().bucket(&b.name).key("keep.jpg").send())
+        .unwrap();
+    let r = backup(&b, &s, &[]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    assert_eq!(r.json()["listed"], 0);
+    assert_eq!(fs::read(s.dest.join("keep.jpg")).unwrap(), b"precious");
+}
+
+#[test]
+fn folder_markers_become_directories_and_never_count_as_downloads() {
+    let b = Bucket::new(Kind::Moto, "markers");
+    b.put("empty/", b"");
+    b.put("nested/deeper/", b"");
+    b.put("nested/deeper/file.jpg", b"x");
+    let s = Scratch::new();
+    let r = backup(&b, &s, &[]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let j = r.json();
+    assert_eq!((j["listed"].as_u64(), j["downloaded"].as_u64(), j["folders"].as_u64()), (Some(3), Some(1), Some(2)));
+    assert!(s.dest.join("empty").is_dir());
+    assert!(s.dest.join("nested/deeper").is_dir());
+}
+
+#[test]
+fn unsafe_keys_are_refused_by_name_on_every_run_and_nothing_leaves_dest() {
+    let b = Bucket::new(Kind::Moto, "hostile");
+    let long = "x".repeat(256);
+    let refused = [
+        "../escape.jpg",
+        "../../etc/cron.d/evil",
+        "/abs.jpg",
+        "a//b.jpg",
+        "a/./b.jpg",
+        "a/../../up.jpg",
+        "dir/..",
+        &format!("long/{long}"),
+        "notempty/",
+        "d/.s3backup.tmp.fake",
+    ];
+    for k in refused {
+        b.put(k, b"payload");
+    }
+    b.put("fine/ok.jpg", b"ok");
+    let s = Scratch::new();
+    for run in 0..2 {
+        let r = backup(&b, &s, &[]);
+        assert_eq!(r.code(), 1, "run {run}: {}", r.stderr());
+        let mut got = r.refused_keys();
+        got.sort();
+        let mut want: Vec<String> = refused.iter().map(|k| k.to_string()).collect();
+        want.sort();
+        assert_eq!(got, want, "run {run}");
+        for k in refused {
+            let shown = format!("refused {k:?}");
+            assert!(r.stderr().contains(&shown), "summary names {k:?}: {}", r.stderr());
+        }
+        let j = r.json();
+        assert_eq!(j["listed"], refused.len() as u64 + 1);
+        assert!(j["failed"].as_array().unwrap().is_empty());
+        assert_eq!(tree(&s.dest).keys().collect::<Vec<_>>(), ["fine/ok.jpg"]);
+        assert!(s.outside_dest().is_empty(), "written outside dest: {:?}", s.outside_dest());
+    }
+}
+
+#[test]
+fn odd_but_legal_keys_are_stored_verbatim() {
+    let b = Bucket::new(Kind::Moto, "verbatim");
+    let keys = [
+        "with space.jpg",
+        "plus+and&eq=q?hash#pct%25'quote\"back\\slash.jpg",
+        "ünïcödé/日本語/😀.png",
+        "ctrl\u{1}\u{1f}\ttab.jpg",
+        "...",
+        "..hidden",
+        "Case.JPG",
+        "case.jpg",
+        &"n".repeat(255),
+    ];
+    let objs: BTreeMap<String, Vec<u8>> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (k.to_string(), bytes(i as u64, 10 + i)))
+        .collect();
+    for (k, v) in &objs {
+        b.put(k, v);
+    }
+    let s = Scratch::new();
+    let r = backup(&b, &s, &[]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    assert_eq!(tree(&s.dest), objs);
+}
+
+#[test]
+fn file_prefix_conflicts_resolve_the_same_way_every_run() {
+    let b = Bucket::new(Kind::Moto, "conflict");
+    b.put("a", b"file a");
+    b.put("a/b.jpg", b"under a");
+    b.put("a/", b"");
+    b.put("a-sibling", b"s");
+    let s = Scratch::new();
+    for run in 0..2 {
+        let r = backup(&b, &s, &[]);
+        assert_eq!(r.code(), 1, "run {run}: {}", r.stderr());
+        let mut got = r.refused_keys();
+        got.sort();
+        assert_eq!(got, ["a/", "a/b.jpg"], "run {run}");
+        assert_eq!(fs::read(s.dest.join("a")).unwrap(), b"file a");
+        assert_eq!(fs::read(s.dest.join("a-sibling")).unwrap(), b"s");
+    }
+    // An existing local file (its object since deleted) is never displaced by a new prefix.
+    let b = Bucket::new(Kind::Moto, "conflict2");
+    b.put("x", b"old file");
+    let s = Scratch::new();
+    assert_eq!(backup(&b, &s, &[]).code(), 0);
+    rt().block_on(b.client.delete_object().bucket(&b.name).key("x").send()).unwrap();
+    b.put("x/y", b"new");
+    let r = backup(&b, &s, &[]);
+    assert_eq!(r.code(), 1);
+    assert_eq!(r.refused_keys(), ["x/y"]);
+    assert_eq!(fs::read(s.dest.join("x")).unwrap(), b"old file");
+}
+
+#[test]
+fn prefix_limits_the_backup_and_keeps_full_keys() {
+    let b = Bucket::new(Kind::Seaweed, "prefix");
+    b.put("2024/a.jpg", b"a");
+    b.put("2025/b.jpg", b"b");
+    let s = Scratch::new();
+    let r = backup(&b, &s, &["--prefix", "2025/"]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    assert_eq!(tree(&s.dest).keys().collect::<Vec<_>>(), ["2025/b.jpg"]);
+}
+
+#[test]
+fn dry_run_writes_nothing() {
+    let b = Bucket::new(Kind::Seaweed, "dry");
+    b.put("a.jpg", b"a");
+    b.put("d/", b"");
+    let s = Scratch::new();
+    let r = backup(&b, &s, &["--dry-run"]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    assert_eq!(r.json()["would_download"], 1);
+    assert_eq!(r.json()["downloaded"], 0);
+    assert!(!s.dest.exists());
+    assert!(!s.state.exists());
+}
+
+#[test]
+fn kill_9_mid_download_leaves_no_partial_file_and_rerun_converges() {
+    let b = Bucket::new(Kind::Seaweed, "kill");
+    let mib = 1024 * 1024;
+    let big: Vec<Vec<u8>> = (0..12).map(|i| bytes(300 + i, 8 * mib)).collect();
+    b.put_multipart("big.bin", &big, None);
+    b.put("small.jpg", b"small");
+    let s = Scratch::new();
+    let mut cmd = command(&s);
+    cmd.args(["--bucket", &b.name, "--endpoint-url", &b.endpoint, "--concurrency", "1"]);
+    cmd.arg("--dest").arg(&s.dest).arg("--state-dir").arg(&s.state);
+    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let temp_seen = loop {
+        let temp = fs::read_dir(&s.dest)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .any(|e| e.file_name().to_string_lossy().starts_with(".s3backup.tmp."))
+            })
+            .unwrap_or(false);
+        if temp || std::time::Instant::now() > deadline {
+            break temp;
+        }
+        if child.try_wait().unwrap().is_some() {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    assert!(temp_seen, "never saw the download in progress");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!s.dest.join("big.bin").exists(), "no final file before it is complete");
+
+    let r = backup(&b, &s, &[]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    assert!(r.json()["stale_temp_files_removed"].as_u64().unwrap() >= 1);
+    let t = tree(&s.dest);
+    assert_eq!(t.len(), 2, "no temp files left: {:?}", t.keys().collect::<Vec<_>>());
+    assert_eq!(t["big.bin"], big.concat());
+}
+
+#[test]
+fn a_second_run_into_the_same_dest_exits_75() {
+    let b = Bucket::new(Kind::Seaweed, "lock");
+    b.put("a.jpg", b"a");
+    let s = Scratch::new();
+    assert_eq!(backup(&b, &s, &[]).code(), 0);
+    // Hold the lock the way a running backup does.
+    let lock_dir = fs::read_dir(&s.state).unwrap().next().unwrap().unwrap().path();
+    let lock = fs::File::open(lock_dir.join("lock")).unwrap();
+    lock.try_lock().unwrap();
+    let r = backup(&b, &s, &[]);
+    assert_eq!(r.code(), 75, "{}", r.stderr());
+    assert!(r.json()["error"].as_str().unwrap().contains("another s3backup run"));
+    // A different destination is not blocked.
+    let other = Scratch::new();
+    let r2 = common::backup_via(&b.endpoint, &b, &Scratch { state: s.state.clone(), ..other }, &[]);
+    assert_eq!(r2.code(), 0, "{}", r2.stderr());
+    drop(lock);
+    assert_eq!(backup(&b, &s, &[]).code(), 0);
+}
+
+#[test]
+fn two_concurrent_runs_one_waits_out_with_75() {
+    let b = Bucket::new(Kind::Seaweed, "concurrent");
+    let mib = 1024 * 1024;
+    let big: Vec<Vec<u8>> = (0..8).map(|i| bytes(400 + i, 8 * mib)).collect();
+    b.put_multipart("big.bin", &big, None);
+    let s = Scratch::new();
+    let mut cmd = command(&s);
+    cmd.args(["--bucket", &b.name, "--endpoint-url", &b.endpoint, "--concurrency", "1", "--json"]);
+    cmd.arg("--dest").arg(&s.dest).arg("--state-dir").arg(&s.state);
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let first = cmd.spawn().unwrap();
+    // Wait until the first run holds the lock (its in-progress marker exists).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let running = fs::read_dir(&s.state)
+            .ok()
+            .and_then(|mut d| d.next())
+            .is_some_and(|e| e.unwrap().path().join("running").exists());
+        if running || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let second = backup(&b, &s, &[]);
+    let first = first.wait_with_output().unwrap();
+    assert_eq!(first.status.code(), Some(0), "{}", String::from_utf8_lossy(&first.stderr));
+    assert_eq!(second.code(), 75, "{}", second.stderr());
+    assert_eq!(fs::read(s.dest.join("big.bin")).unwrap(), big.concat());
+}
+
+#[test]
+fn configuration_errors_exit_2_with_one_json_object() {
+    let b = Bucket::new(Kind::Seaweed, "cfg");
+    let s = Scratch::new();
+    // Missing bucket.
+    let missing = Bucket::missing(Kind::Seaweed, "nope");
+    let r = backup(&missing, &s, &[]);
+    assert_eq!(r.code(), 2, "{}", r.stderr());
+    assert!(r.json()["error"].as_str().unwrap().contains(&missing.name), "{}", r.stdout());
+    // Unwritable destination (under a regular file, so root cannot write there either).
+    fs::create_dir_all(s.root.path().join("outer")).unwrap();
+    let file = s.root.path().join("outer/plainfile");
+    fs::write(&file, b"x").unwrap();
+    let s2 = Scratch { dest: file.join("dest"), ..Scratch::new() };
+    let r = backup(&b, &s2, &[]);
+    assert_eq!(r.code(), 2, "{}", r.stderr());
+    assert!(r.json()["error"].as_str().unwrap().contains("plainfile"), "{}", r.stdout());
+    // Bad flag value.
+    let r = backup(&b, &s, &["--concurrency", "0"]);
+    assert_eq!(r.code(), 2);
+    assert!(r.json()["error"].as_str().unwrap().contains("--concurrency"));
+    // Unknown flag: still exactly one JSON object.
+    let r = backup(&b, &s, &["--no-such-flag"]);
+    assert_eq!(r.code(), 2);
+    assert!(r.json()["error"].is_string());
+    // Unreachable endpoint (nothing listens on port 1).
+    let r = backup_via("http://127.0.0.1:1", &b, &s, &[]);
+    assert_eq!(r.code(), 2, "{}", r.stderr());
+    assert!(r.json()["error"].as_str().unwrap().contains(&b.name));
+}
+
+#[test]
+fn bucket_and_dest_come_from_the_environment_too() {
+    let b = Bucket::new(Kind::Seaweed, "env");
+    b.put("e.jpg", b"env");
+    let s = Scratch::new();
+    let out = command(&s)
+        .env("S3BACKUP_BUCKET", &b.name)
+        .env("S3BACKUP_DEST", &s.dest)
+        .env("AWS_ENDPOINT_URL", &b.endpoint)
+        .env("XDG_STATE_HOME", s.state.to_str().unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fs::read(s.dest.join("e.jpg")).unwrap(), b"env");
+    assert!(s.state.join("s3backup").is_dir(), "XDG_STATE_HOME/s3backup is the default state dir");
+    let report = fs::read_dir(s.state.join("s3backup")).unwrap().next().unwrap().unwrap().path();
+    let last: serde_json::Value =
+        serde_json::from_slice(&fs::read(report.join("last-run.json")).unwrap()).unwrap();
+    assert_eq!(last["downloaded"], 1);
+}
+
+#[test]
+fn help_documents_exit_codes_and_cron_entry_renders() {
+    let s = Scratch::new();
+    let out = command(&s).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for code in ["0 ", "1 ", "2 ", "75"] {
+        assert!(help.contains(&format!("  {code}")), "--help lists exit code {code}: {help}");
+    }
+    let out = command(&s)
+        .args(["cron-entry", "--user", "user", "--bucket", "images", "--dest", "/home/user/myS3backup", "--region", "eu-west-1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().any(|l| l.starts_with("17 3 * * * user /usr/local/bin/s3backup --bucket images")), "{text}");
+    let out = command(&s)
+        .args(["cron-entry", "--user", "root;rm", "--bucket", "images", "--dest", "/x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--user"));
+}
+
+#[test]
+fn files_of_the_destination_are_never_touched_by_a_failed_run() {
+    // A good copy stays when the new version cannot be fetched (the object became unreadable).
+    let b = Bucket::new(Kind::Seaweed, "keepgood");
+    b.put("img.jpg", b"good copy");
+    let s = Scratch::new();
+    assert_eq!(backup(&b, &s, &[]).code(), 0);
+    let before = fs::metadata(s.dest.join("img.jpg")).unwrap();
+    // Point at a server that lists nothing useful: the run fails early and must leave files alone.
+    let r = backup_via("http://127.0.0.1:1", &b, &s, &[]);
+    assert_eq!(r.code(), 2);
+    let after = fs::metadata(s.dest.join("img.jpg")).unwrap();
+    assert_eq!((before.ino(), before.mtime()), (after.ino(), after.mtime()));
+    assert_eq!(fs::read(s.dest.join("img.jpg")).unwrap(), b"good copy");
+}

@@ -1,0 +1,421 @@
+//! Test harness: the real S3 servers started by `tests/run` (SeaweedFS and moto on 127.0.0.1), buckets
+//! seeded through the real SDK, the real `s3backup` binary run as a process, and a request-counting
+//! proxy.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread;
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
+
+pub const ACCESS_KEY: &str = "s3backup-test";
+pub const SECRET_KEY: &str = "s3backup-test-secret";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Fast; ETag = MD5; stores checksums; rejects `.`/`..` segments.
+    Seaweed,
+    /// Slow; stores odd keys (`../x`, `/abs`, `a//b`) exactly as S3 does.
+    Moto,
+}
+
+pub fn endpoint(kind: Kind) -> String {
+    let var = match kind {
+        Kind::Seaweed => "S3BACKUP_TEST_SEAWEED",
+        Kind::Moto => "S3BACKUP_TEST_MOTO",
+    };
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: run the tests with `tests/run`, which starts the S3 servers on 127.0.0.1")
+    })
+}
+
+pub fn rt() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    })
+}
+
+pub fn client(endpoint: &str) -> Client {
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https();
+    let conf = aws_sdk_s3::config::Builder::new()
+        .behavior_version(BehaviorVersion::latest())
+        .http_client(http)
+        .endpoint_url(endpoint)
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "test"))
+        .force_path_style(true)
+        .build();
+    Client::from_conf(conf)
+}
+
+/// A fresh bucket on one server.
+pub struct Bucket {
+    pub kind: Kind,
+    pub name: String,
+    pub endpoint: String,
+    pub client: Client,
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+impl Bucket {
+    pub fn new(kind: Kind, label: &str) -> Bucket {
+        let endpoint = endpoint(kind);
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("t-{label}-{}-{n}", std::process::id())
+            .to_lowercase()
+            .replace('_', "-");
+        let client = client(&endpoint);
+        rt().block_on(client.create_bucket().bucket(&name).send())
+            .unwrap_or_else(|e| panic!("create bucket {name}: {}", aws_sdk_s3::error::DisplayErrorContext(e)));
+        Bucket {
+            kind,
+            name,
+            endpoint,
+            client,
+        }
+    }
+
+    /// A handle on a bucket that does not exist.
+    pub fn missing(kind: Kind, label: &str) -> Bucket {
+        let endpoint = endpoint(kind);
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("t-{label}-missing-{}-{n}", std::process::id());
+        let client = client(&endpoint);
+        Bucket {
+            kind,
+            name,
+            endpoint,
+            client,
+        }
+    }
+
+    pub fn put(&self, key: &str, body: &[u8]) {
+        rt().block_on(
+            self.client
+                .put_object()
+                .bucket(&self.name)
+                .key(key)
+                .body(ByteStream::from(body.to_vec()))
+                .send(),
+        )
+        .unwrap_or_else(|e| panic!("put {key:?}: {}", aws_sdk_s3::error::DisplayErrorContext(e)));
+    }
+
+    /// Many small objects, a few uploads in flight at once.
+    pub fn put_many(&self, objects: &BTreeMap<String, Vec<u8>>) {
+        rt().block_on(async {
+            use futures::StreamExt;
+            futures::stream::iter(objects.iter())
+                .map(|(k, v)| {
+                    self.client
+                        .put_object()
+                        .bucket(&self.name)
+                        .key(k)
+                        .body(ByteStream::from(v.clone()))
+                        .send()
+                })
+                .buffer_unordered(16)
+                .for_each(|r| async move {
+                    r.expect("put");
+                })
+                .await;
+        });
+    }
+
+    /// A multipart upload of `parts` (each but the last at least 5 MiB).
+    pub fn put_multipart(&self, key: &str, parts: &[Vec<u8>], checksum: Option<ChecksumAlgorithm>) {
+        rt().block_on(async {
+            let up = self
+                .client
+                .create_multipart_upload()
+                .bucket(&self.name)
+                .key(key)
+                .set_checksum_algorithm(checksum.clone())
+                .send()
+                .await
+                .expect("create multipart");
+            let id = up.upload_id().unwrap().to_owned();
+            let mut done = Vec::new();
+            for (i, p) in parts.iter().enumerate() {
+                let n = i as i32 + 1;
+                let r = self
+                    .client
+                    .upload_part()
+                    .bucket(&self.name)
+                    .key(key)
+                    .upload_id(&id)
+                    .part_number(n)
+                    .set_checksum_algorithm(checksum.clone())
+                    .body(ByteStream::from(p.clone()))
+                    .send()
+                    .await
+                    .expect("upload part");
+                done.push(
+                    CompletedPart::builder()
+                        .part_number(n)
+                        .set_e_tag(r.e_tag().map(Into::into))
+                        .set_checksum_crc32(r.checksum_crc32().map(Into::into))
+                        .set_checksum_crc32_c(r.checksum_crc32_c().map(Into::into))
+                        .set_checksum_crc64_nvme(r.checksum_crc64_nvme().map(Into::into))
+                        .set_checksum_sha256(r.checksum_sha256().map(Into::into))
+                        .build(),
+                );
+            }
+            self.client
+                .complete_multipart_upload()
+                .bucket(&self.name)
+                .key(key)
+                .upload_id(&id)
+                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(done)).build())
+                .send()
+                .await
+                .expect("complete multipart");
+        });
+    }
+
+    pub fn etag(&self, key: &str) -> String {
+        rt().block_on(self.client.head_object().bucket(&self.name).key(key).send())
+            .expect("head")
+            .e_tag()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A run of the real binary.
+pub struct Run {
+    pub output: Output,
+}
+
+impl Run {
+    pub fn code(&self) -> i32 {
+        self.output.status.code().unwrap_or(-1)
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+    /// The single JSON object on stdout (fails the test if there is anything else).
+    pub fn json(&self) -> serde_json::Value {
+        let out = self.stdout();
+        let mut it = serde_json::Deserializer::from_str(&out).into_iter::<serde_json::Value>();
+        let v = it
+            .next()
+            .unwrap_or_else(|| panic!("no JSON on stdout; stderr:\n{}", self.stderr()))
+            .unwrap_or_else(|e| panic!("bad JSON {e}: {out}"));
+        assert!(it.next().is_none(), "more than one JSON value on stdout: {out}");
+        v
+    }
+    pub fn refused_keys(&self) -> Vec<String> {
+        keys(&self.json()["refused"])
+    }
+    pub fn failed_keys(&self) -> Vec<String> {
+        keys(&self.json()["failed"])
+    }
+}
+
+fn keys(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A destination and a state directory inside a scratch folder, with a canary sibling folder that must
+/// stay empty (proof that nothing is written outside the destination).
+pub struct Scratch {
+    pub root: tempfile::TempDir,
+    pub dest: PathBuf,
+    pub state: PathBuf,
+    pub home: PathBuf,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        let root = tempfile::tempdir().unwrap();
+        let dest = root.path().join("outer/dest");
+        let state = root.path().join("state");
+        let home = root.path().join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        Scratch {
+            root,
+            dest,
+            state,
+            home,
+        }
+    }
+
+    /// Everything under the scratch root except what lives below `dest` and `state`.
+    pub fn outside_dest(&self) -> Vec<PathBuf> {
+        walkdir::WalkDir::new(self.root.path())
+            .into_iter()
+            .map(|e| e.unwrap().into_path())
+            .filter(|p| {
+                !p.starts_with(&self.dest)
+                    && !p.starts_with(&self.state)
+                    && p != self.root.path()
+                    && p != &self.root.path().join("outer")
+                    && p != &self.home
+            })
+            .collect()
+    }
+}
+
+/// `s3backup` against `bucket` into `scratch.dest` with `--json`, plus `extra` flags.
+pub fn backup(bucket: &Bucket, scratch: &Scratch, extra: &[&str]) -> Run {
+    backup_via(&bucket.endpoint, bucket, scratch, extra)
+}
+
+pub fn backup_via(endpoint: &str, bucket: &Bucket, scratch: &Scratch, extra: &[&str]) -> Run {
+    let mut cmd = command(scratch);
+    cmd.args(["--bucket", &bucket.name, "--endpoint-url", endpoint, "--json"]);
+    cmd.arg("--dest").arg(&scratch.dest);
+    cmd.arg("--state-dir").arg(&scratch.state);
+    cmd.args(extra);
+    Run {
+        output: cmd.output().expect("run s3backup"),
+    }
+}
+
+/// The binary with a clean, hermetic AWS environment (no profile files, no IMDS).
+pub fn command(scratch: &Scratch) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_s3backup"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AWS_") || k.starts_with("S3BACKUP_") || k == "XDG_STATE_HOME" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("HOME", &scratch.home)
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", scratch.home.join("no-such-config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", scratch.home.join("no-such-credentials"))
+        .env("S3BACKUP_LOG", "info");
+    cmd
+}
+
+/// Relative path → contents of every regular file under `dir`; fails on anything else but directories.
+pub fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for e in walkdir::WalkDir::new(dir).min_depth(1) {
+        let e = e.unwrap();
+        let rel = e.path().strip_prefix(dir).unwrap().to_str().unwrap().to_owned();
+        if e.file_type().is_file() {
+            out.insert(rel, std::fs::read(e.path()).unwrap());
+        } else {
+            assert!(e.file_type().is_dir(), "unexpected entry {rel:?}");
+        }
+    }
+    out
+}
+
+/// A TCP proxy in front of a server that records every HTTP request line passing through it.
+pub struct CountingProxy {
+    pub endpoint: String,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl CountingProxy {
+    pub fn start(upstream: &str) -> CountingProxy {
+        let upstream = upstream
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let reqs = requests.clone();
+        thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { break };
+                let Ok(server) = TcpStream::connect(&upstream) else { continue };
+                let (mut c_read, mut s_write) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (mut s_read, mut c_write) = (server, client);
+                let reqs = reqs.clone();
+                thread::spawn(move || {
+                    // Client → server: requests carry no bodies (s3backup only GETs and HEADs), so each
+                    // request is a header block ending in a blank line.
+                    let mut pending = Vec::new();
+                    let mut buf = [0u8; 16384];
+                    loop {
+                        let n = match c_read.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        pending.extend_from_slice(&buf[..n]);
+                        while let Some(end) = find(&pending, b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&pending[..end]).into_owned();
+                            if let Some(line) = head.lines().next() {
+                                reqs.lock().unwrap().push(line.to_owned());
+                            }
+                            pending.drain(..end + 4);
+                        }
+                        if s_write.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = s_write.shutdown(std::net::Shutdown::Write);
+                });
+                thread::spawn(move || {
+                    let _ = std::io::copy(&mut s_read, &mut c_write);
+                    let _ = c_write.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        CountingProxy { endpoint, requests }
+    }
+
+    /// Request lines seen so far, then forget them.
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.requests.lock().unwrap())
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Object GETs (not listings) among request lines.
+pub fn object_gets(lines: &[String]) -> usize {
+    lines
+        .iter()
+        .filter(|l| l.starts_with("GET ") && !l.contains("list-type=2"))
+        .count()
+}
