@@ -75,10 +75,7 @@ pub fn spawn(
 fn object_info(o: &Object, url_encoded: bool) -> Result<ObjectInfo, ListError> {
     let raw = o.key().unwrap_or_default();
     let key = if url_encoded {
-        percent_decode_str(raw)
-            .decode_utf8()
-            .map_err(|_| ListError::BadKey(raw.to_owned()))?
-            .into_owned()
+        decode_key(raw).ok_or_else(|| ListError::BadKey(raw.to_owned()))?
     } else {
         raw.to_owned()
     };
@@ -88,6 +85,16 @@ fn object_info(o: &Object, url_encoded: bool) -> Result<ObjectInfo, ListError> {
         etag: o.e_tag().map(str::to_owned),
         last_modified: o.last_modified().and_then(|t| SystemTime::try_from(*t).ok()),
     })
+}
+
+/// S3's `encoding-type=url` is form encoding: a space comes as `+` and a real `+` as `%2B` (measured on
+/// AWS and SeaweedFS; moto sends `%20`, which decodes the same).
+fn decode_key(raw: &str) -> Option<String> {
+    let spaced = raw.replace('+', " ");
+    percent_decode_str(&spaced)
+        .decode_utf8()
+        .ok()
+        .map(|k| k.into_owned())
 }
 
 fn classify<E>(bucket: &str, e: &aws_sdk_s3::error::SdkError<E>) -> ListError
@@ -124,4 +131,19 @@ pub async fn refresh(client: &Client, bucket: &str, key: &str) -> Result<Option<
         }
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_key;
+
+    #[test]
+    fn url_encoded_keys_decode_like_s3_encodes_them() {
+        assert_eq!(decode_key("a+b.txt").as_deref(), Some("a b.txt"));
+        assert_eq!(decode_key("a%20b.txt").as_deref(), Some("a b.txt"));
+        assert_eq!(decode_key("a%2Bb.txt").as_deref(), Some("a+b.txt"));
+        assert_eq!(decode_key("100%25.csv").as_deref(), Some("100%.csv"));
+        assert_eq!(decode_key("%01%E6%97%A5").as_deref(), Some("\u{1}日"));
+        assert_eq!(decode_key("%FF"), None);
+    }
 }

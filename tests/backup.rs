@@ -225,6 +225,22 @@ fn odd_but_legal_keys_are_stored_verbatim() {
 }
 
 #[test]
+fn spaces_and_plus_signs_survive_form_encoded_listings() {
+    // SeaweedFS, like AWS, lists a space as '+' and a '+' as '%2B'.
+    let b = Bucket::new(Kind::Seaweed, "plus");
+    let objs: BTreeMap<String, Vec<u8>> = ["a b.jpg", "a+b.jpg", "100%.jpg", "dir with space/x+y z.jpg"]
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (k.to_string(), bytes(i as u64, 5 + i)))
+        .collect();
+    b.put_many(&objs);
+    let s = Scratch::new();
+    let r = backup(&b, &s, &[]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    assert_eq!(tree(&s.dest), objs);
+}
+
+#[test]
 fn file_prefix_conflicts_resolve_the_same_way_every_run() {
     let b = Bucket::new(Kind::Moto, "conflict");
     b.put("a", b"file a");

