@@ -39,13 +39,28 @@ PY
   echo "$2 did not come up; its log:" >&2; tail -n 40 "$3" >&2; return 1
 }
 
-# start_seaweed DIR PORT ACCESS_KEY SECRET_KEY: SeaweedFS on loopback only. -ip/-ip.bind keep every one
-# of its ports on 127.0.0.1 and -master.telemetry=false keeps it from calling out; the env credentials
-# become its only S3 identity. Prints the PID.
+# start_seaweed DIR PORT ACCESS_KEY SECRET_KEY: SeaweedFS on loopback only, its PID in $seaweed_pid.
+# -ip/-ip.bind keep every one of its ports on 127.0.0.1 and -master.telemetry=false keeps it from
+# calling out; the env credentials become its only S3 identity. Its other ports are its defaults (it
+# moves to free ones when they are taken), so run one at a time: stop_pid waits until it is gone.
 start_seaweed() {
   mkdir -p "$1"
-  AWS_ACCESS_KEY_ID=$3 AWS_SECRET_ACCESS_KEY=$4 \
-    weed mini -dir="$1" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false \
-    -s3.port="$2" -admin.ui=false >"$1.log" 2>&1 &
-  echo $!
+  (cd "$1" && TMPDIR="$1" AWS_ACCESS_KEY_ID=$3 AWS_SECRET_ACCESS_KEY=$4 \
+    exec weed -logdir="$1" mini -dir="$1" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false \
+    -s3.port="$2" -admin.ui=false >"$1.log" 2>&1) &
+  seaweed_pid=$!
+}
+
+# stop_pid PID...: SIGTERM, a moment's grace, then SIGKILL (weed mini can hang in its shutdown), and
+# wait until each is gone so the next server can take the ports.
+stop_pid() {
+  local p i alive
+  for p in "$@"; do kill "$p" 2>/dev/null || true; done
+  for i in $(seq 1 50); do
+    alive=0
+    for p in "$@"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && return 0
+    [ "$i" = 20 ] && for p in "$@"; do kill -9 "$p" 2>/dev/null || true; done
+    sleep 0.1
+  done
 }

@@ -31,7 +31,11 @@ pub enum RunError {
 /// Listing pages buffered ahead of the planner (1,000 keys a page).
 const LISTING_DEPTH: usize = 2;
 
-pub async fn run(config: &Config, settings: FetchSettings, pb: &ProgressBar) -> Result<Report, RunError> {
+pub async fn run(
+    config: &Config,
+    settings: FetchSettings,
+    pb: &ProgressBar,
+) -> Result<Report, RunError> {
     let started = Instant::now();
     let mut report = Report {
         dry_run: config.dry_run,
@@ -52,7 +56,10 @@ pub async fn run(config: &Config, settings: FetchSettings, pb: &ProgressBar) -> 
                 .await
                 .expect("sweep does not panic")
                 .map_err(|e| {
-                    RunError::Config(format!("removing stale temp files under {}: {e}", dest.display()))
+                    RunError::Config(format!(
+                        "removing stale temp files under {}: {e}",
+                        dest.display()
+                    ))
                 })?;
             if removed > 0 {
                 tracing::info!("removed {removed} temp files left by an interrupted run");
@@ -84,7 +91,9 @@ pub async fn run(config: &Config, settings: FetchSettings, pb: &ProgressBar) -> 
             Err(e) if first_page => return Err(listing_error(e)),
             Err(e) => {
                 tracing::error!("{e}");
-                report.error = Some(format!("{e}; objects after the last listed key were not seen"));
+                report.error = Some(format!(
+                    "{e}; objects after the last listed key were not seen"
+                ));
                 break;
             }
         };
@@ -93,8 +102,13 @@ pub async fn run(config: &Config, settings: FetchSettings, pb: &ProgressBar) -> 
             let mut p = planner.take().expect("returned below");
             let d = dest.clone();
             tokio::task::spawn_blocking(move || {
-                let planned: Vec<(ObjectInfo, Plan)> =
-                    objects.into_iter().map(|o| { let plan = p.plan(&d, &o); (o, plan) }).collect();
+                let planned: Vec<(ObjectInfo, Plan)> = objects
+                    .into_iter()
+                    .map(|o| {
+                        let plan = p.plan(&d, &o);
+                        (o, plan)
+                    })
+                    .collect();
                 (p, planned)
             })
             .await
@@ -109,11 +123,17 @@ pub async fn run(config: &Config, settings: FetchSettings, pb: &ProgressBar) -> 
                 Plan::Folder => report.folders += 1,
                 Plan::Refused(reason) => {
                     tracing::warn!(key = ?obj.key, "refused: {reason}");
-                    report.refused.push(Refused { key: obj.key, reason: reason.to_string() });
+                    report.refused.push(Refused {
+                        key: obj.key,
+                        reason: reason.to_string(),
+                    });
                 }
                 Plan::Error(error) => {
                     tracing::warn!(key = ?obj.key, "failed: {error}");
-                    report.failed.push(Failed { key: obj.key, error });
+                    report.failed.push(Failed {
+                        key: obj.key,
+                        error,
+                    });
                 }
                 Plan::Fetch(rel) if config.dry_run => {
                     tracing::info!(key = ?obj.key, size = obj.size, "would download");
@@ -145,7 +165,10 @@ pub async fn run(config: &Config, settings: FetchSettings, pb: &ProgressBar) -> 
 
     if let Some(g) = guard {
         if let Err(e) = g.write_report(&report.to_json()) {
-            tracing::warn!("could not write the last-run report in {}: {e}", g.dir().display());
+            tracing::warn!(
+                "could not write the last-run report in {}: {e}",
+                g.dir().display()
+            );
         }
         // Every task has ended, so every temp file is committed or removed.
         if let Err(e) = g.finish() {
@@ -155,7 +178,12 @@ pub async fn run(config: &Config, settings: FetchSettings, pb: &ProgressBar) -> 
     Ok(report)
 }
 
-async fn fetch_one(fetcher: &Fetcher, dest: &Path, rel: &Path, obj: &ObjectInfo) -> Result<Fetched, String> {
+async fn fetch_one(
+    fetcher: &Fetcher,
+    dest: &Path,
+    rel: &Path,
+    obj: &ObjectInfo,
+) -> Result<Fetched, String> {
     let target = dest.join(rel);
     if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) {
         let (d, p) = (dest.to_path_buf(), parent.to_path_buf());
@@ -167,7 +195,10 @@ async fn fetch_one(fetcher: &Fetcher, dest: &Path, rel: &Path, obj: &ObjectInfo)
     fetcher.fetch(obj, &target).await
 }
 
-fn record(report: &mut Report, done: Result<(String, Result<Fetched, String>), tokio::task::JoinError>) {
+fn record(
+    report: &mut Report,
+    done: Result<(String, Result<Fetched, String>), tokio::task::JoinError>,
+) {
     match done {
         Ok((key, Ok(f))) => {
             tracing::debug!(key = ?key, bytes = f.bytes, verified = f.verified_with, "downloaded");
@@ -183,7 +214,10 @@ fn record(report: &mut Report, done: Result<(String, Result<Fetched, String>), t
         }
         Err(join) => {
             // A panic in a download task is a bug; account for it rather than lose the count.
-            report.failed.push(Failed { key: String::new(), error: format!("internal error: {join}") });
+            report.failed.push(Failed {
+                key: String::new(),
+                error: format!("internal error: {join}"),
+            });
         }
     }
 }
@@ -210,7 +244,9 @@ fn listing_error(e: ListError) -> RunError {
 /// Create the destination (0700) when missing, resolve it, and prove it is writable before any
 /// network work; a dry run only resolves it.
 fn prepare_dest(dest: &Path, dry_run: bool) -> Result<PathBuf, RunError> {
-    let err = |what: &str, e: io::Error| RunError::Config(format!("destination {}: {what}: {e}", dest.display()));
+    let err = |what: &str, e: io::Error| {
+        RunError::Config(format!("destination {}: {what}: {e}", dest.display()))
+    };
     if dry_run {
         return Ok(dest.canonicalize().unwrap_or_else(|_| dest.to_path_buf()));
     }
@@ -219,9 +255,14 @@ fn prepare_dest(dest: &Path, dry_run: bool) -> Result<PathBuf, RunError> {
         .mode(0o700)
         .create(dest)
         .map_err(|e| err("cannot create it", e))?;
-    let dest = dest.canonicalize().map_err(|e| err("cannot resolve it", e))?;
+    let dest = dest
+        .canonicalize()
+        .map_err(|e| err("cannot resolve it", e))?;
     if !dest.is_dir() {
-        return Err(RunError::Config(format!("destination {} is not a directory", dest.display())));
+        return Err(RunError::Config(format!(
+            "destination {} is not a directory",
+            dest.display()
+        )));
     }
     atomic::probe_writable(&dest).map_err(|e| err("not writable", e))?;
     Ok(dest)

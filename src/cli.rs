@@ -194,7 +194,14 @@ mod tests {
     #[test]
     fn subcommand_does_not_need_backup_flags() {
         let cli = Cli::try_parse_from([
-            "s3backup", "cron-entry", "--user", "u", "--bucket", "b", "--dest", "/d",
+            "s3backup",
+            "cron-entry",
+            "--user",
+            "u",
+            "--bucket",
+            "b",
+            "--dest",
+            "/d",
         ])
         .unwrap();
         assert!(matches!(cli.command, Some(Command::CronEntry(_))));

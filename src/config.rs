@@ -28,7 +28,9 @@ pub enum ConfigError {
     MissingBucket,
     #[error("--dest is required (or set S3BACKUP_DEST)")]
     MissingDest,
-    #[error("--bucket {0:?}: a bucket name cannot be empty or contain '/' (use --prefix for a folder)")]
+    #[error(
+        "--bucket {0:?}: a bucket name cannot be empty or contain '/' (use --prefix for a folder)"
+    )]
     BadBucket(String),
     #[error("--dest {0:?}: must not be empty")]
     BadDest(String),
@@ -77,8 +79,7 @@ pub fn default_state_dir(xdg_state_home: Option<&str>, home: Option<&str>) -> Op
     if let Some(x) = xdg_state_home.and_then(abs) {
         return Some(x.join("s3backup"));
     }
-    home.and_then(abs)
-        .map(|h| h.join(".local/state/s3backup"))
+    home.and_then(abs).map(|h| h.join(".local/state/s3backup"))
 }
 
 /// Make `p` absolute against the current directory (no symlink resolution: the path may not exist yet).

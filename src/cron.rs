@@ -40,8 +40,7 @@ impl CronJob {
         let user_ok = !u.is_empty()
             && u.len() <= 32
             && u.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-            && u
-                .chars()
+            && u.chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
         if !user_ok {
             return Err(CronError::User(u.clone()));
@@ -63,13 +62,13 @@ impl CronJob {
             ("--endpoint-url", self.endpoint_url.as_ref()),
         ];
         for (flag, value) in all {
-            if let Some(v) = value {
-                if v.contains(['\n', '\r', '\0']) {
-                    return Err(CronError::Newline {
-                        flag,
-                        value: v.clone(),
-                    });
-                }
+            if let Some(v) = value
+                && v.contains(['\n', '\r', '\0'])
+            {
+                return Err(CronError::Newline {
+                    flag,
+                    value: v.clone(),
+                });
             }
         }
         let tag_ok = !self.log_tag.is_empty()
@@ -145,8 +144,7 @@ fn validate_schedule(s: &str) -> Result<(), CronError> {
     let ok = fields.len() == 5
         && fields.iter().all(|f| {
             !f.is_empty()
-                && f
-                    .chars()
+                && f.chars()
                     .all(|c| c.is_ascii_alphanumeric() || "*/,-".contains(c))
         });
     if ok { Ok(()) } else { Err(err()) }
@@ -155,8 +153,7 @@ fn validate_schedule(s: &str) -> Result<(), CronError> {
 /// POSIX single-quoting, for any string without NUL.
 pub fn sh_quote(s: &str) -> String {
     let safe = !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "/._-:=@,+".contains(c));
     if safe {
         s.to_owned()

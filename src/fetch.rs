@@ -9,6 +9,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use aws_sdk_s3::Client;
@@ -16,6 +17,7 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
+use md5::{Digest, Md5};
 use tokio::sync::Semaphore;
 
 use crate::atomic::Staged;
@@ -58,6 +60,9 @@ pub enum FetchError {
     /// `If-Match` failed or the object vanished: it changed since it was listed.
     #[error("object changed since it was listed")]
     Changed,
+    /// The server ignored `partNumber` (answered with the whole object): fall back to byte ranges.
+    #[error("the server does not support GET by part number")]
+    PartsUnsupported,
 }
 
 /// What was installed.
@@ -73,7 +78,22 @@ pub struct Fetcher {
     client: Client,
     bucket: Arc<str>,
     requests: Arc<Semaphore>,
+    concurrency: usize,
     settings: FetchSettings,
+    /// Set once the server has shown it ignores `partNumber`, so later objects skip the attempt.
+    parts_unsupported: Arc<AtomicBool>,
+}
+
+/// How one object is fetched, from what the listing says about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Strategy {
+    /// One GET; verified against the response's full-object checksum or plain MD5 ETag.
+    Whole,
+    /// HEAD, then parallel byte ranges; verified by hashing the assembled file.
+    Ranges,
+    /// A multipart upload without a full-object checksum: GET each original part by number and check
+    /// the `-N` ETag (the MD5 of the parts' MD5s), the only end-to-end check S3 offers for it.
+    Parts(u32),
 }
 
 impl Fetcher {
@@ -82,7 +102,23 @@ impl Fetcher {
             client,
             bucket: bucket.into(),
             requests: Arc::new(Semaphore::new(concurrency)),
+            concurrency,
             settings,
+            parts_unsupported: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn strategy(&self, obj: &ObjectInfo) -> Strategy {
+        let full_object = obj
+            .checksum_type
+            .as_deref()
+            .is_some_and(|t| t.eq_ignore_ascii_case("FULL_OBJECT"));
+        match multipart_parts(obj.etag.as_deref()) {
+            Some(n) if !full_object && !self.parts_unsupported.load(Ordering::Relaxed) => {
+                Strategy::Parts(n)
+            }
+            _ if obj.size > self.settings.ranged_threshold => Strategy::Ranges,
+            _ => Strategy::Whole,
         }
     }
 
@@ -94,13 +130,25 @@ impl Fetcher {
             if attempt > 0 {
                 tokio::time::sleep(self.backoff(attempt)).await;
             }
-            let result = if obj.size > self.settings.ranged_threshold {
-                self.fetch_ranged(&obj, target).await
-            } else {
-                self.fetch_whole(&obj, target).await
+            let result = match self.strategy(&obj) {
+                Strategy::Parts(n) => match self.fetch_parts(&obj, n, target).await {
+                    Err(FetchError::PartsUnsupported) => {
+                        tracing::info!(
+                            "the server ignores partNumber: multipart objects are fetched by byte ranges"
+                        );
+                        self.parts_unsupported.store(true, Ordering::Relaxed);
+                        self.fetch_ranged(&obj, target).await
+                    }
+                    other => other,
+                },
+                Strategy::Ranges => self.fetch_ranged(&obj, target).await,
+                Strategy::Whole => self.fetch_whole(&obj, target).await,
             };
             match result {
                 Ok(f) => return Ok(f),
+                Err(FetchError::PartsUnsupported) => {
+                    last = "the server answered a ranged GET with the whole object".into();
+                }
                 Err(FetchError::Permanent(e)) => return Err(e),
                 Err(FetchError::Transient(e)) => {
                     tracing::debug!(key = %obj.key, attempt, "retrying: {e}");
@@ -114,7 +162,9 @@ impl Fetcher {
                             obj = fresh;
                         }
                         Ok(None) => return Err("object was deleted while the backup ran".into()),
-                        Err(e) => last = format!("object changed, and looking it up again failed: {e}"),
+                        Err(e) => {
+                            last = format!("object changed, and looking it up again failed: {e}")
+                        }
                     }
                 }
             }
@@ -235,10 +285,9 @@ impl Fetcher {
 
         let part = self.settings.part_size.max(1);
         let ranges = (0..size.div_ceil(part)).map(|i| (i * part, ((i + 1) * part).min(size)));
-        let width = self.requests.available_permits().max(1);
         futures::stream::iter(ranges)
             .map(|(start, end)| self.fetch_range(obj, etag.as_deref(), file.clone(), start, end))
-            .buffer_unordered(width)
+            .buffer_unordered(self.concurrency)
             .try_collect::<()>()
             .await?;
         drop(file);
@@ -302,11 +351,11 @@ impl Fetcher {
                 .await
                 .map_err(classify);
             let result = match resp {
-                Ok(resp) => write_range(resp.body, file.clone(), start, end).await,
+                Ok(resp) => write_range(resp.body, file.clone(), start, end, Hasher::None).await,
                 Err(e) => Err(e),
             };
             match result {
-                Ok(()) => return Ok(()),
+                Ok(_) => return Ok(()),
                 Err(FetchError::Transient(e)) => last = e,
                 Err(e) => return Err(e),
             }
@@ -317,12 +366,181 @@ impl Fetcher {
         )))
     }
 
-    async fn commit(&self, staged: Staged, obj: &ObjectInfo, target: &Path) -> Result<(), FetchError> {
+    async fn fetch_parts(
+        &self,
+        obj: &ObjectInfo,
+        n: u32,
+        target: &Path,
+    ) -> Result<Fetched, FetchError> {
+        let size = obj.size;
+        let staged = blocking({
+            let target = target.to_path_buf();
+            move || {
+                let s = Staged::create(&target)?;
+                s.file().set_len(size)?;
+                Ok(s)
+            }
+        })
+        .await
+        .map_err(|e| local_error(target, "creating temp file", e))?;
+        let file = Arc::new(
+            staged
+                .file()
+                .try_clone()
+                .map_err(|e| local_error(target, "opening temp file", e))?,
+        );
+        let mut parts: Vec<PartDone> = futures::stream::iter(1..=n)
+            .map(|i| self.fetch_part(obj, i, file.clone()))
+            .buffer_unordered(self.concurrency)
+            .try_collect()
+            .await?;
+        drop(file);
+        parts.sort_by_key(|p| p.number);
+        let mut at = 0;
+        for p in &parts {
+            if p.start != at {
+                return Err(FetchError::Transient(format!(
+                    "part {} starts at byte {}, expected {at}",
+                    p.number, p.start
+                )));
+            }
+            at = p.end;
+        }
+        if at != size {
+            return Err(FetchError::Transient(format!(
+                "parts cover {at} bytes of {size}"
+            )));
+        }
+        // SSE-KMS and SSE-C ETags are not MD5s of the data.
+        let verified_with = if parts.iter().any(|p| p.etag_not_md5) {
+            "none"
+        } else {
+            let mut outer = Md5::new();
+            for p in &parts {
+                outer.update(&p.md5);
+            }
+            let want = obj
+                .etag
+                .as_deref()
+                .unwrap_or_default()
+                .trim_matches('"')
+                .to_ascii_lowercase();
+            let got = format!("{}-{n}", hex(&outer.finalize()));
+            if got != want {
+                return Err(FetchError::Transient(format!(
+                    "multipart md5 mismatch: expected etag {want}, got {got}"
+                )));
+            }
+            "md5 (multipart etag)"
+        };
+        self.commit(staged, obj, target).await?;
+        Ok(Fetched {
+            bytes: size,
+            verified_with,
+        })
+    }
+
+    async fn fetch_part(
+        &self,
+        obj: &ObjectInfo,
+        number: u32,
+        file: Arc<std::fs::File>,
+    ) -> Result<PartDone, FetchError> {
+        let mut last = String::new();
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(self.backoff(attempt)).await;
+            }
+            let _permit = self.requests.acquire().await.expect("never closed");
+            let resp = self
+                .client
+                .get_object()
+                .bucket(&*self.bucket)
+                .key(&obj.key)
+                .part_number(number as i32)
+                .set_if_match(obj.etag.clone())
+                .send()
+                .await;
+            let resp = match resp.map_err(classify) {
+                Ok(r) => r,
+                Err(FetchError::Transient(e)) => {
+                    last = e;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let Some((start, end, total)) = resp.content_range().and_then(parse_content_range)
+            else {
+                return Err(
+                    if number == 1 && resp.content_length() == Some(obj.size as i64) {
+                        FetchError::PartsUnsupported
+                    } else {
+                        FetchError::Transient(format!("part {number}: no usable Content-Range"))
+                    },
+                );
+            };
+            if total != obj.size {
+                return Err(FetchError::Changed);
+            }
+            let etag_not_md5 = resp
+                .server_side_encryption()
+                .is_some_and(|s| s.as_str().starts_with("aws:kms"))
+                || resp.sse_customer_algorithm().is_some();
+            match write_range(resp.body, file.clone(), start, end, Hasher::Md5(Md5::new())).await {
+                Ok(h) => {
+                    return Ok(PartDone {
+                        number,
+                        start,
+                        end,
+                        md5: h.finish().unwrap_or_default(),
+                        etag_not_md5,
+                    });
+                }
+                Err(FetchError::Transient(e)) => last = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(FetchError::Transient(format!("part {number}: {last}")))
+    }
+
+    async fn commit(
+        &self,
+        staged: Staged,
+        obj: &ObjectInfo,
+        target: &Path,
+    ) -> Result<(), FetchError> {
         let (size, mtime) = (obj.size, obj.last_modified);
         blocking(move || staged.commit(size, mtime))
             .await
             .map_err(|e| local_error(target, "installing", e))
     }
+}
+
+struct PartDone {
+    number: u32,
+    start: u64,
+    end: u64,
+    md5: Vec<u8>,
+    etag_not_md5: bool,
+}
+
+/// `"<hex>-N"` → N: the object was uploaded in N parts.
+fn multipart_parts(etag: Option<&str>) -> Option<u32> {
+    let (md5, n) = etag?.trim_matches('"').split_once('-')?;
+    let n: u32 = n.parse().ok()?;
+    (md5.len() == 32 && md5.bytes().all(|b| b.is_ascii_hexdigit()) && n >= 1).then_some(n)
+}
+
+/// `bytes a-b/total` → (a, b + 1, total).
+fn parse_content_range(v: &str) -> Option<(u64, u64, u64)> {
+    let (range, total) = v.strip_prefix("bytes ")?.split_once('/')?;
+    let (a, b) = range.split_once('-')?;
+    let (a, b, total): (u64, u64, u64) = (a.parse().ok()?, b.parse().ok()?, total.parse().ok()?);
+    (a <= b && b < total).then_some((a, b + 1, total))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn ask_for_checksums(req: &mut aws_sdk_s3::config::http::HttpRequest) {
@@ -342,10 +560,9 @@ async fn stream_to_file(
     let mut pending: Vec<Bytes> = Vec::new();
     let mut pending_len = 0;
     loop {
-        let chunk = body
-            .try_next()
-            .await
-            .map_err(|e| FetchError::Transient(format!("reading body: {}", DisplayErrorContext(&e))))?;
+        let chunk = body.try_next().await.map_err(|e| {
+            FetchError::Transient(format!("reading body: {}", DisplayErrorContext(&e)))
+        })?;
         let done = chunk.is_none();
         if let Some(c) = chunk {
             pending_len += c.len();
@@ -375,20 +592,22 @@ async fn stream_to_file(
     }
 }
 
+/// Write `body` at `start..end` of `file`, hashing it in order. Returns the hasher.
 async fn write_range(
     mut body: ByteStream,
     file: Arc<std::fs::File>,
     start: u64,
     end: u64,
-) -> Result<(), FetchError> {
+    hasher: Hasher,
+) -> Result<Hasher, FetchError> {
+    let mut hasher = Some(hasher);
     let mut at = start;
     let mut pending: Vec<Bytes> = Vec::new();
     let mut pending_len = 0;
     loop {
-        let chunk = body
-            .try_next()
-            .await
-            .map_err(|e| FetchError::Transient(format!("reading body: {}", DisplayErrorContext(&e))))?;
+        let chunk = body.try_next().await.map_err(|e| {
+            FetchError::Transient(format!("reading body: {}", DisplayErrorContext(&e)))
+        })?;
         let done = chunk.is_none();
         if let Some(c) = chunk {
             if at + (pending_len + c.len()) as u64 > end {
@@ -406,16 +625,20 @@ async fn write_range(
             let offset = at;
             at += pending_len as u64;
             pending_len = 0;
-            blocking(move || {
-                let mut off = offset;
-                for b in &batch {
-                    f.write_all_at(b, off)?;
-                    off += b.len() as u64;
-                }
-                Ok(())
-            })
-            .await
-            .map_err(|e| FetchError::Permanent(format!("writing temp file: {e}")))?;
+            let mut h = hasher.take().expect("restored below");
+            hasher = Some(
+                blocking(move || {
+                    let mut off = offset;
+                    for b in &batch {
+                        f.write_all_at(b, off)?;
+                        h.update(b);
+                        off += b.len() as u64;
+                    }
+                    Ok(h)
+                })
+                .await
+                .map_err(|e| FetchError::Permanent(format!("writing temp file: {e}")))?,
+            );
         }
         if done {
             if at != end {
@@ -425,7 +648,7 @@ async fn write_range(
                     at - start
                 )));
             }
-            return Ok(());
+            return Ok(hasher.expect("present"));
         }
     }
 }
@@ -473,4 +696,26 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .unwrap_or_else(|join| Err(io::Error::other(format!("blocking task failed: {join}"))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multipart_etags_and_content_ranges_parse() {
+        assert_eq!(
+            multipart_parts(Some("\"24c43c3468b0e854351af1d6d2f915c9-3\"")),
+            Some(3)
+        );
+        assert_eq!(
+            multipart_parts(Some("\"24c43c3468b0e854351af1d6d2f915c9\"")),
+            None
+        );
+        assert_eq!(multipart_parts(Some("\"xyz-3\"")), None);
+        assert_eq!(multipart_parts(None), None);
+        assert_eq!(parse_content_range("bytes 5-9/10"), Some((5, 10, 10)));
+        assert_eq!(parse_content_range("bytes 5-10/10"), None);
+        assert_eq!(parse_content_range("bytes */10"), None);
+    }
 }

@@ -38,9 +38,13 @@ pub enum RefuseReason {
     Nul,
     #[error("path component of {0} bytes is longer than {NAME_MAX}")]
     ComponentTooLong(usize),
-    #[error("key ends in '/' but the object is not empty ({0} bytes), so it is not a folder marker")]
+    #[error(
+        "key ends in '/' but the object is not empty ({0} bytes), so it is not a folder marker"
+    )]
     NonEmptyFolderMarker(u64),
-    #[error("path component starts with '{TEMP_PREFIX}', which s3backup reserves for its temp files")]
+    #[error(
+        "path component starts with '{TEMP_PREFIX}', which s3backup reserves for its temp files"
+    )]
     ReservedName,
     #[error("'{0}' is a file (object '{0}'), so it cannot also be a folder")]
     ParentIsFile(String),
@@ -193,7 +197,8 @@ mod tests {
                     for d in alphabet {
                         let key = format!("{a}{b}{c}{d}");
                         for size in [0, 1] {
-                            if let Mapping::File(p) | Mapping::FolderMarker(p) = map_key(&key, size) {
+                            if let Mapping::File(p) | Mapping::FolderMarker(p) = map_key(&key, size)
+                            {
                                 n += 1;
                                 assert!(p.is_relative(), "{key:?}");
                                 assert!(

@@ -77,7 +77,8 @@ pub fn json_error(exit: Exit, message: &str) -> ExitCode {
 
 fn init_logging(pb: &ProgressBar) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("S3BACKUP_LOG").unwrap_or_else(|_| EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn"));
+    let filter = EnvFilter::try_from_env("S3BACKUP_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn"));
     let pb = pb.clone();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

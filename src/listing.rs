@@ -18,6 +18,9 @@ pub struct ObjectInfo {
     /// As S3 sends it, quotes included (that is what `If-Match` expects).
     pub etag: Option<String>,
     pub last_modified: Option<SystemTime>,
+    /// `FULL_OBJECT` or `COMPOSITE`, when the listing says (it decides how a multipart object is
+    /// verified).
+    pub checksum_type: Option<String>,
 }
 
 /// One page of the listing, or the error that ended it.
@@ -83,7 +86,10 @@ fn object_info(o: &Object, url_encoded: bool) -> Result<ObjectInfo, ListError> {
         key,
         size: o.size().unwrap_or(0).max(0) as u64,
         etag: o.e_tag().map(str::to_owned),
-        last_modified: o.last_modified().and_then(|t| SystemTime::try_from(*t).ok()),
+        last_modified: o
+            .last_modified()
+            .and_then(|t| SystemTime::try_from(*t).ok()),
+        checksum_type: o.checksum_type().map(|t| t.as_str().to_owned()),
     })
 }
 
@@ -105,15 +111,19 @@ where
     let detail = DisplayErrorContext(e).to_string();
     match e.code() {
         Some("NoSuchBucket") => ListError::NoSuchBucket { bucket },
-        Some("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AllAccessDisabled") => {
-            ListError::AccessDenied { bucket, detail }
-        }
+        Some(
+            "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AllAccessDisabled",
+        ) => ListError::AccessDenied { bucket, detail },
         _ => ListError::Other { bucket, detail },
     }
 }
 
 /// Look one key up again (after an `If-Match` failure told us it changed since it was listed).
-pub async fn refresh(client: &Client, bucket: &str, key: &str) -> Result<Option<ObjectInfo>, String> {
+pub async fn refresh(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+) -> Result<Option<ObjectInfo>, String> {
     let out = client
         .list_objects_v2()
         .bucket(bucket)

@@ -30,7 +30,13 @@ pub fn dest_state_dir(state_dir: &Path, dest: &Path) -> PathBuf {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "root".into())
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(40)
         .collect();
     state_dir.join(format!("{base}-{id}"))
@@ -82,9 +88,9 @@ impl RunGuard {
             Err(fs::TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
         }
         // Diagnostics only: who holds it, for which destination.
-        let _ = lock.set_len(0).and_then(|()| {
-            writeln!(lock, "{}\n{}", std::process::id(), dest.display())
-        });
+        let _ = lock
+            .set_len(0)
+            .and_then(|()| writeln!(lock, "{}\n{}", std::process::id(), dest.display()));
 
         let marker = dir.join("running");
         let previous_run_interrupted = marker.exists();

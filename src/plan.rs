@@ -185,6 +185,7 @@ mod tests {
             size,
             etag: None,
             last_modified: Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
+            checksum_type: None,
         }
     }
 
@@ -202,7 +203,10 @@ mod tests {
             p.plan(d.path(), &obj("a/c/d", 1)),
             Plan::Refused(RefuseReason::ParentIsFile("a".into()))
         );
-        assert_eq!(p.plan(d.path(), &obj("ab/c", 1)), Plan::Fetch("ab/c".into()));
+        assert_eq!(
+            p.plan(d.path(), &obj("ab/c", 1)),
+            Plan::Fetch("ab/c".into())
+        );
         assert_eq!(p.plan(d.path(), &obj("b/", 0)), Plan::Folder);
         assert!(d.path().join("b").is_dir());
     }

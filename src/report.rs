@@ -113,7 +113,8 @@ impl Report {
         for f in self.failed.iter().take(limit) {
             let _ = write!(s, "\nfailed {:?}: {}", f.key, f.error);
         }
-        let hidden = self.refused.len().saturating_sub(limit) + self.failed.len().saturating_sub(limit);
+        let hidden =
+            self.refused.len().saturating_sub(limit) + self.failed.len().saturating_sub(limit);
         if hidden > 0 {
             let _ = write!(s, "\n... and {hidden} more (all are in the JSON report)");
         }
@@ -162,8 +163,10 @@ mod tests {
             reason: "dot".into(),
         });
         assert_eq!(r.exit(), Exit::Partial);
-        let mut r = Report::default();
-        r.error = Some("listing broke off".into());
+        let r = Report {
+            error: Some("listing broke off".into()),
+            ..Report::default()
+        };
         assert_eq!(r.exit(), Exit::Partial);
     }
 

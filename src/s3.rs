@@ -16,9 +16,7 @@ use crate::config::Config;
 const FALLBACK_REGION: &str = "us-east-1";
 
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "no AWS region configured: pass --region, set AWS_REGION, or set region in ~/.aws/config"
-)]
+#[error("no AWS region configured: pass --region, set AWS_REGION, or set region in ~/.aws/config")]
 pub struct NoRegion;
 
 pub async fn client(config: &Config) -> Result<aws_sdk_s3::Client, NoRegion> {

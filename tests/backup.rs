@@ -27,7 +27,7 @@ fn full_backup_then_noop_rerun_makes_no_gets() {
     let objs = images(40, 3000);
     b.put_many(&objs);
     let s = Scratch::new();
-    let proxy = CountingProxy::start(&b.endpoint);
+    let proxy = Proxy::start(&b.endpoint);
 
     let r = backup_via(&proxy.endpoint, &b, &s, &[]);
     assert_eq!(r.code(), 0, "{}", r.stderr());
@@ -37,18 +37,35 @@ fn full_backup_then_noop_rerun_makes_no_gets() {
     assert_eq!(j["unchanged"], 0);
     let total: usize = objs.values().map(Vec::len).sum();
     assert_eq!(j["bytes_downloaded"], total as u64);
-    assert_eq!(j["unverified"], 0, "SeaweedFS ETags are MD5s: everything verifies");
+    assert_eq!(
+        j["unverified"], 0,
+        "SeaweedFS ETags are MD5s: everything verifies"
+    );
     assert_eq!(tree(&s.dest), objs);
     assert_eq!(object_gets(&proxy.take()), 40);
-    assert!(r.stderr().contains("40 listed, 40 downloaded"), "{}", r.stderr());
+    assert!(
+        r.stderr().contains("40 listed, 40 downloaded"),
+        "{}",
+        r.stderr()
+    );
 
     let r = backup_via(&proxy.endpoint, &b, &s, &[]);
     assert_eq!(r.code(), 0, "{}", r.stderr());
     let j = r.json();
-    assert_eq!((j["downloaded"].as_u64(), j["unchanged"].as_u64()), (Some(0), Some(40)));
+    assert_eq!(
+        (j["downloaded"].as_u64(), j["unchanged"].as_u64()),
+        (Some(0), Some(40))
+    );
     let lines = proxy.take();
-    assert_eq!(object_gets(&lines), 0, "no-op re-run must not GET objects: {lines:?}");
-    assert!(lines.iter().any(|l| l.contains("list-type=2")), "it did list: {lines:?}");
+    assert_eq!(
+        object_gets(&lines),
+        0,
+        "no-op re-run must not GET objects: {lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("list-type=2")),
+        "it did list: {lines:?}"
+    );
     assert!(s.outside_dest().is_empty());
 }
 
@@ -60,18 +77,39 @@ fn files_get_last_modified_as_mtime_and_owner_only_modes() {
     let r = backup(&b, &s, &[]);
     assert_eq!(r.code(), 0, "{}", r.stderr());
     let lm = rt()
-        .block_on(b.client.head_object().bucket(&b.name).key("a/b/c.jpg").send())
+        .block_on(
+            b.client
+                .head_object()
+                .bucket(&b.name)
+                .key("a/b/c.jpg")
+                .send(),
+        )
         .unwrap()
         .last_modified()
         .cloned()
         .unwrap();
-    let mtime = fs::metadata(s.dest.join("a/b/c.jpg")).unwrap().modified().unwrap();
+    let mtime = fs::metadata(s.dest.join("a/b/c.jpg"))
+        .unwrap()
+        .modified()
+        .unwrap();
     let lm = SystemTime::try_from(lm).unwrap();
     let diff = mtime.duration_since(lm).unwrap_or_else(|e| e.duration());
-    assert!(diff < Duration::from_secs(1), "mtime {mtime:?} vs LastModified {lm:?}");
-    for (p, want) in [("", 0o700), ("a", 0o700), ("a/b", 0o700), ("a/b/c.jpg", 0o600)] {
+    assert!(
+        diff < Duration::from_secs(1),
+        "mtime {mtime:?} vs LastModified {lm:?}"
+    );
+    for (p, want) in [
+        ("", 0o700),
+        ("a", 0o700),
+        ("a/b", 0o700),
+        ("a/b/c.jpg", 0o600),
+    ] {
         let mode = fs::metadata(s.dest.join(p)).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode & !want, 0, "{p:?} has mode {mode:o}, wanted at most {want:o}");
+        assert_eq!(
+            mode & !want,
+            0,
+            "{p:?} has mode {mode:o}, wanted at most {want:o}"
+        );
     }
 }
 
@@ -99,15 +137,30 @@ fn multipart_objects_come_back_exact_through_ranged_gets() {
     b.put_multipart("big/plain.bin", &parts, None);
     let parts_crc: Vec<Vec<u8>> = (0..2).map(|i| bytes(200 + i, 5 * mib + 7)).collect();
     b.put_multipart("big/crc.bin", &parts_crc, Some(ChecksumAlgorithm::Crc32));
+    // 40 MiB in one PUT: byte ranges, then the MD5 ETag checked over the assembled file.
+    let single = bytes(500, 40 * mib);
+    b.put("big/single.bin", &single);
     assert!(b.etag("big/plain.bin").contains('-'), "really multipart");
     let s = Scratch::new();
     let r = backup(&b, &s, &[]);
     assert_eq!(r.code(), 0, "{}", r.stderr());
-    assert_eq!(r.json()["downloaded"], 2);
-    assert_eq!(fs::read(s.dest.join("big/plain.bin")).unwrap(), parts.concat());
-    assert_eq!(fs::read(s.dest.join("big/crc.bin")).unwrap(), parts_crc.concat());
+    assert_eq!(r.json()["downloaded"], 3);
+    assert_eq!(
+        r.json()["unverified"],
+        0,
+        "part MD5s check the multipart ETags"
+    );
+    assert_eq!(fs::read(s.dest.join("big/single.bin")).unwrap(), single);
+    assert_eq!(
+        fs::read(s.dest.join("big/plain.bin")).unwrap(),
+        parts.concat()
+    );
+    assert_eq!(
+        fs::read(s.dest.join("big/crc.bin")).unwrap(),
+        parts_crc.concat()
+    );
     let r = backup(&b, &s, &[]);
-    assert_eq!(r.json()["unchanged"], 2, "{}", r.stderr());
+    assert_eq!(r.json()["unchanged"], 3, "{}", r.stderr());
 }
 
 #[test]
@@ -122,7 +175,13 @@ fn same_size_overwrite_is_fetched_again() {
     b.put("img.jpg", b"version-2");
     let r = backup(&b, &s, &[]);
     assert_eq!(r.code(), 0, "{}", r.stderr());
-    assert_eq!((r.json()["downloaded"].as_u64(), r.json()["unchanged"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(
+        (
+            r.json()["downloaded"].as_u64(),
+            r.json()["unchanged"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
     assert_eq!(fs::read(s.dest.join("img.jpg")).unwrap(), b"version-2");
 }
 
@@ -132,8 +191,14 @@ fn objects_deleted_in_s3_are_kept_locally() {
     b.put("keep.jpg", b"precious");
     let s = Scratch::new();
     assert_eq!(backup(&b, &s, &[]).code(), 0);
-    rt().block_on(b.client.delete_object().bucket(&b.name).key("keep.jpg").send())
-        .unwrap();
+    rt().block_on(
+        b.client
+            .delete_object()
+            .bucket(&b.name)
+            .key("keep.jpg")
+            .send(),
+    )
+    .unwrap();
     let r = backup(&b, &s, &[]);
     assert_eq!(r.code(), 0, "{}", r.stderr());
     assert_eq!(r.json()["listed"], 0);
@@ -150,7 +215,14 @@ fn folder_markers_become_directories_and_never_count_as_downloads() {
     let r = backup(&b, &s, &[]);
     assert_eq!(r.code(), 0, "{}", r.stderr());
     let j = r.json();
-    assert_eq!((j["listed"].as_u64(), j["downloaded"].as_u64(), j["folders"].as_u64()), (Some(3), Some(1), Some(2)));
+    assert_eq!(
+        (
+            j["listed"].as_u64(),
+            j["downloaded"].as_u64(),
+            j["folders"].as_u64()
+        ),
+        (Some(3), Some(1), Some(2))
+    );
     assert!(s.dest.join("empty").is_dir());
     assert!(s.dest.join("nested/deeper").is_dir());
 }
@@ -186,13 +258,21 @@ fn unsafe_keys_are_refused_by_name_on_every_run_and_nothing_leaves_dest() {
         assert_eq!(got, want, "run {run}");
         for k in refused {
             let shown = format!("refused {k:?}");
-            assert!(r.stderr().contains(&shown), "summary names {k:?}: {}", r.stderr());
+            assert!(
+                r.stderr().contains(&shown),
+                "summary names {k:?}: {}",
+                r.stderr()
+            );
         }
         let j = r.json();
         assert_eq!(j["listed"], refused.len() as u64 + 1);
         assert!(j["failed"].as_array().unwrap().is_empty());
         assert_eq!(tree(&s.dest).keys().collect::<Vec<_>>(), ["fine/ok.jpg"]);
-        assert!(s.outside_dest().is_empty(), "written outside dest: {:?}", s.outside_dest());
+        assert!(
+            s.outside_dest().is_empty(),
+            "written outside dest: {:?}",
+            s.outside_dest()
+        );
     }
 }
 
@@ -228,11 +308,12 @@ fn odd_but_legal_keys_are_stored_verbatim() {
 fn spaces_and_plus_signs_survive_form_encoded_listings() {
     // SeaweedFS, like AWS, lists a space as '+' and a '+' as '%2B'.
     let b = Bucket::new(Kind::Seaweed, "plus");
-    let objs: BTreeMap<String, Vec<u8>> = ["a b.jpg", "a+b.jpg", "100%.jpg", "dir with space/x+y z.jpg"]
-        .iter()
-        .enumerate()
-        .map(|(i, k)| (k.to_string(), bytes(i as u64, 5 + i)))
-        .collect();
+    let objs: BTreeMap<String, Vec<u8>> =
+        ["a b.jpg", "a+b.jpg", "100%.jpg", "dir with space/x+y z.jpg"]
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.to_string(), bytes(i as u64, 5 + i)))
+            .collect();
     b.put_many(&objs);
     let s = Scratch::new();
     let r = backup(&b, &s, &[]);
@@ -262,7 +343,8 @@ fn file_prefix_conflicts_resolve_the_same_way_every_run() {
     b.put("x", b"old file");
     let s = Scratch::new();
     assert_eq!(backup(&b, &s, &[]).code(), 0);
-    rt().block_on(b.client.delete_object().bucket(&b.name).key("x").send()).unwrap();
+    rt().block_on(b.client.delete_object().bucket(&b.name).key("x").send())
+        .unwrap();
     b.put("x/y", b"new");
     let r = backup(&b, &s, &[]);
     assert_eq!(r.code(), 1);
@@ -304,16 +386,30 @@ fn kill_9_mid_download_leaves_no_partial_file_and_rerun_converges() {
     b.put("small.jpg", b"small");
     let s = Scratch::new();
     let mut cmd = command(&s);
-    cmd.args(["--bucket", &b.name, "--endpoint-url", &b.endpoint, "--concurrency", "1"]);
-    cmd.arg("--dest").arg(&s.dest).arg("--state-dir").arg(&s.state);
-    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    cmd.args([
+        "--bucket",
+        &b.name,
+        "--endpoint-url",
+        &b.endpoint,
+        "--concurrency",
+        "1",
+    ]);
+    cmd.arg("--dest")
+        .arg(&s.dest)
+        .arg("--state-dir")
+        .arg(&s.state);
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
     let mut child = cmd.spawn().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let temp_seen = loop {
         let temp = fs::read_dir(&s.dest)
             .map(|d| {
-                d.filter_map(Result::ok)
-                    .any(|e| e.file_name().to_string_lossy().starts_with(".s3backup.tmp."))
+                d.filter_map(Result::ok).any(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with(".s3backup.tmp.")
+                })
             })
             .unwrap_or(false);
         if temp || std::time::Instant::now() > deadline {
@@ -327,13 +423,21 @@ fn kill_9_mid_download_leaves_no_partial_file_and_rerun_converges() {
     assert!(temp_seen, "never saw the download in progress");
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    assert!(!s.dest.join("big.bin").exists(), "no final file before it is complete");
+    assert!(
+        !s.dest.join("big.bin").exists(),
+        "no final file before it is complete"
+    );
 
     let r = backup(&b, &s, &[]);
     assert_eq!(r.code(), 0, "{}", r.stderr());
     assert!(r.json()["stale_temp_files_removed"].as_u64().unwrap() >= 1);
     let t = tree(&s.dest);
-    assert_eq!(t.len(), 2, "no temp files left: {:?}", t.keys().collect::<Vec<_>>());
+    assert_eq!(
+        t.len(),
+        2,
+        "no temp files left: {:?}",
+        t.keys().collect::<Vec<_>>()
+    );
     assert_eq!(t["big.bin"], big.concat());
 }
 
@@ -344,15 +448,33 @@ fn a_second_run_into_the_same_dest_exits_75() {
     let s = Scratch::new();
     assert_eq!(backup(&b, &s, &[]).code(), 0);
     // Hold the lock the way a running backup does.
-    let lock_dir = fs::read_dir(&s.state).unwrap().next().unwrap().unwrap().path();
+    let lock_dir = fs::read_dir(&s.state)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let lock = fs::File::open(lock_dir.join("lock")).unwrap();
     lock.try_lock().unwrap();
     let r = backup(&b, &s, &[]);
     assert_eq!(r.code(), 75, "{}", r.stderr());
-    assert!(r.json()["error"].as_str().unwrap().contains("another s3backup run"));
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("another s3backup run")
+    );
     // A different destination is not blocked.
     let other = Scratch::new();
-    let r2 = common::backup_via(&b.endpoint, &b, &Scratch { state: s.state.clone(), ..other }, &[]);
+    let r2 = common::backup_via(
+        &b.endpoint,
+        &b,
+        &Scratch {
+            state: s.state.clone(),
+            ..other
+        },
+        &[],
+    );
     assert_eq!(r2.code(), 0, "{}", r2.stderr());
     drop(lock);
     assert_eq!(backup(&b, &s, &[]).code(), 0);
@@ -366,9 +488,21 @@ fn two_concurrent_runs_one_waits_out_with_75() {
     b.put_multipart("big.bin", &big, None);
     let s = Scratch::new();
     let mut cmd = command(&s);
-    cmd.args(["--bucket", &b.name, "--endpoint-url", &b.endpoint, "--concurrency", "1", "--json"]);
-    cmd.arg("--dest").arg(&s.dest).arg("--state-dir").arg(&s.state);
-    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    cmd.args([
+        "--bucket",
+        &b.name,
+        "--endpoint-url",
+        &b.endpoint,
+        "--concurrency",
+        "1",
+        "--json",
+    ]);
+    cmd.arg("--dest")
+        .arg(&s.dest)
+        .arg("--state-dir")
+        .arg(&s.state);
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     let first = cmd.spawn().unwrap();
     // Wait until the first run holds the lock (its in-progress marker exists).
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -384,7 +518,12 @@ fn two_concurrent_runs_one_waits_out_with_75() {
     }
     let second = backup(&b, &s, &[]);
     let first = first.wait_with_output().unwrap();
-    assert_eq!(first.status.code(), Some(0), "{}", String::from_utf8_lossy(&first.stderr));
+    assert_eq!(
+        first.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
     assert_eq!(second.code(), 75, "{}", second.stderr());
     assert_eq!(fs::read(s.dest.join("big.bin")).unwrap(), big.concat());
 }
@@ -397,19 +536,35 @@ fn configuration_errors_exit_2_with_one_json_object() {
     let missing = Bucket::missing(Kind::Seaweed, "nope");
     let r = backup(&missing, &s, &[]);
     assert_eq!(r.code(), 2, "{}", r.stderr());
-    assert!(r.json()["error"].as_str().unwrap().contains(&missing.name), "{}", r.stdout());
+    assert!(
+        r.json()["error"].as_str().unwrap().contains(&missing.name),
+        "{}",
+        r.stdout()
+    );
     // Unwritable destination (under a regular file, so root cannot write there either).
     fs::create_dir_all(s.root.path().join("outer")).unwrap();
     let file = s.root.path().join("outer/plainfile");
     fs::write(&file, b"x").unwrap();
-    let s2 = Scratch { dest: file.join("dest"), ..Scratch::new() };
+    let s2 = Scratch {
+        dest: file.join("dest"),
+        ..Scratch::new()
+    };
     let r = backup(&b, &s2, &[]);
     assert_eq!(r.code(), 2, "{}", r.stderr());
-    assert!(r.json()["error"].as_str().unwrap().contains("plainfile"), "{}", r.stdout());
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("plainfile"),
+        "{}",
+        r.stdout()
+    );
     // Bad flag value.
     let r = backup(&b, &s, &["--concurrency", "0"]);
     assert_eq!(r.code(), 2);
-    assert!(r.json()["error"].as_str().unwrap().contains("--concurrency"));
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("--concurrency")
+    );
     // Unknown flag: still exactly one JSON object.
     let r = backup(&b, &s, &["--no-such-flag"]);
     assert_eq!(r.code(), 2);
@@ -432,10 +587,23 @@ fn bucket_and_dest_come_from_the_environment_too() {
         .env("XDG_STATE_HOME", s.state.to_str().unwrap())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(fs::read(s.dest.join("e.jpg")).unwrap(), b"env");
-    assert!(s.state.join("s3backup").is_dir(), "XDG_STATE_HOME/s3backup is the default state dir");
-    let report = fs::read_dir(s.state.join("s3backup")).unwrap().next().unwrap().unwrap().path();
+    assert!(
+        s.state.join("s3backup").is_dir(),
+        "XDG_STATE_HOME/s3backup is the default state dir"
+    );
+    let report = fs::read_dir(s.state.join("s3backup"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let last: serde_json::Value =
         serde_json::from_slice(&fs::read(report.join("last-run.json")).unwrap()).unwrap();
     assert_eq!(last["downloaded"], 1);
@@ -447,17 +615,42 @@ fn help_documents_exit_codes_and_cron_entry_renders() {
     let out = command(&s).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     for code in ["0 ", "1 ", "2 ", "75"] {
-        assert!(help.contains(&format!("  {code}")), "--help lists exit code {code}: {help}");
+        assert!(
+            help.contains(&format!("  {code}")),
+            "--help lists exit code {code}: {help}"
+        );
     }
     let out = command(&s)
-        .args(["cron-entry", "--user", "user", "--bucket", "images", "--dest", "/home/user/myS3backup", "--region", "eu-west-1"])
+        .args([
+            "cron-entry",
+            "--user",
+            "user",
+            "--bucket",
+            "images",
+            "--dest",
+            "/home/user/myS3backup",
+            "--region",
+            "eu-west-1",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.lines().any(|l| l.starts_with("17 3 * * * user /usr/local/bin/s3backup --bucket images")), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("17 3 * * * user /usr/local/bin/s3backup --bucket images")),
+        "{text}"
+    );
     let out = command(&s)
-        .args(["cron-entry", "--user", "root;rm", "--bucket", "images", "--dest", "/x"])
+        .args([
+            "cron-entry",
+            "--user",
+            "root;rm",
+            "--bucket",
+            "images",
+            "--dest",
+            "/x",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -478,4 +671,99 @@ fn files_of_the_destination_are_never_touched_by_a_failed_run() {
     let after = fs::metadata(s.dest.join("img.jpg")).unwrap();
     assert_eq!((before.ino(), before.mtime()), (after.ino(), after.mtime()));
     assert_eq!(fs::read(s.dest.join("img.jpg")).unwrap(), b"good copy");
+}
+
+#[test]
+fn corrupt_bodies_are_retried_and_a_clean_retry_is_installed() {
+    let b = Bucket::new(Kind::Seaweed, "flipretry");
+    b.put("img.jpg", &bytes(1, 50_000));
+    let s = Scratch::new();
+    let proxy = Proxy::start(&b.endpoint);
+    proxy.arm(Fault::FlipByte, 2, "img.jpg");
+    let r = backup_via(&proxy.endpoint, &b, &s, &[]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    assert_eq!(fs::read(s.dest.join("img.jpg")).unwrap(), bytes(1, 50_000));
+    assert_eq!(
+        object_gets(&proxy.take()),
+        3,
+        "two corrupt bodies, then a good one"
+    );
+}
+
+/// A body that never verifies is reported by key, never installed, and the good copy from an earlier
+/// run stays; the next clean run converges. For a single-part object (MD5 ETag) and a multipart one
+/// (ETag of part MD5s).
+#[test]
+fn a_body_that_never_verifies_fails_by_key_and_keeps_the_old_copy() {
+    let b = Bucket::new(Kind::Seaweed, "flipfail");
+    let mib = 1024 * 1024;
+    let v1_parts: Vec<Vec<u8>> = vec![bytes(10, 5 * mib), bytes(11, mib)];
+    b.put("single.jpg", b"version one of the image");
+    b.put_multipart("multi.bin", &v1_parts, None);
+    b.put("ok.jpg", b"fine");
+    let s = Scratch::new();
+    assert_eq!(backup(&b, &s, &[]).code(), 0);
+
+    std::thread::sleep(Duration::from_millis(1100));
+    b.put("single.jpg", b"version two of the image");
+    let v2_parts: Vec<Vec<u8>> = vec![bytes(20, 5 * mib), bytes(21, mib)];
+    b.put_multipart("multi.bin", &v2_parts, None);
+    let proxy = Proxy::start(&b.endpoint);
+    // Every object GET is damaged: both changed objects fail, by name, and nothing else changes.
+    proxy.arm(Fault::FlipByte, usize::MAX, "");
+    let r = backup_via(&proxy.endpoint, &b, &s, &[]);
+    assert_eq!(r.code(), 1, "{}", r.stderr());
+    let mut failed = r.failed_keys();
+    failed.sort();
+    assert_eq!(failed, ["multi.bin", "single.jpg"]);
+    for f in r.json()["failed"].as_array().unwrap() {
+        let (key, err) = (f["key"].as_str().unwrap(), f["error"].as_str().unwrap());
+        assert!(err.contains("mismatch"), "{key}: {err}");
+        assert!(
+            r.stderr().contains(&format!("failed {key:?}")),
+            "{}",
+            r.stderr()
+        );
+    }
+    assert_eq!(r.json()["unchanged"], 1);
+    assert_eq!(tree(&s.dest).len(), 3, "no temp file left, nothing lost");
+    assert_eq!(
+        fs::read(s.dest.join("single.jpg")).unwrap(),
+        b"version one of the image"
+    );
+    assert_eq!(
+        fs::read(s.dest.join("multi.bin")).unwrap(),
+        v1_parts.concat()
+    );
+
+    proxy.disarm();
+    let r = backup_via(&proxy.endpoint, &b, &s, &[]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    assert_eq!(
+        fs::read(s.dest.join("single.jpg")).unwrap(),
+        b"version two of the image"
+    );
+    assert_eq!(
+        fs::read(s.dest.join("multi.bin")).unwrap(),
+        v2_parts.concat()
+    );
+    assert_eq!(r.json()["unverified"], 0);
+}
+
+#[test]
+fn truncated_bodies_and_slowdown_are_retried() {
+    let b = Bucket::new(Kind::Seaweed, "truncate");
+    b.put("a.jpg", &bytes(2, 80_000));
+    b.put("b.jpg", &bytes(3, 80_000));
+    let s = Scratch::new();
+    let proxy = Proxy::start(&b.endpoint);
+    proxy.arm(Fault::Truncate, 2, "a.jpg");
+    let r = backup_via(&proxy.endpoint, &b, &s, &["--concurrency", "1"]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    proxy.arm(Fault::SlowDown, 3, "b.jpg");
+    fs::remove_file(s.dest.join("b.jpg")).unwrap();
+    let r = backup_via(&proxy.endpoint, &b, &s, &[]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    assert_eq!(fs::read(s.dest.join("a.jpg")).unwrap(), bytes(2, 80_000));
+    assert_eq!(fs::read(s.dest.join("b.jpg")).unwrap(), bytes(3, 80_000));
 }

@@ -84,7 +84,12 @@ impl Bucket {
             .replace('_', "-");
         let client = client(&endpoint);
         rt().block_on(client.create_bucket().bucket(&name).send())
-            .unwrap_or_else(|e| panic!("create bucket {name}: {}", aws_sdk_s3::error::DisplayErrorContext(e)));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "create bucket {name}: {}",
+                    aws_sdk_s3::error::DisplayErrorContext(e)
+                )
+            });
         Bucket {
             kind,
             name,
@@ -184,7 +189,11 @@ impl Bucket {
                 .bucket(&self.name)
                 .key(key)
                 .upload_id(&id)
-                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(done)).build())
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(done))
+                        .build(),
+                )
                 .send()
                 .await
                 .expect("complete multipart");
@@ -237,7 +246,10 @@ impl Run {
             .next()
             .unwrap_or_else(|| panic!("no JSON on stdout; stderr:\n{}", self.stderr()))
             .unwrap_or_else(|e| panic!("bad JSON {e}: {out}"));
-        assert!(it.next().is_none(), "more than one JSON value on stdout: {out}");
+        assert!(
+            it.next().is_none(),
+            "more than one JSON value on stdout: {out}"
+        );
         v
     }
     pub fn refused_keys(&self) -> Vec<String> {
@@ -303,7 +315,13 @@ pub fn backup(bucket: &Bucket, scratch: &Scratch, extra: &[&str]) -> Run {
 
 pub fn backup_via(endpoint: &str, bucket: &Bucket, scratch: &Scratch, extra: &[&str]) -> Run {
     let mut cmd = command(scratch);
-    cmd.args(["--bucket", &bucket.name, "--endpoint-url", endpoint, "--json"]);
+    cmd.args([
+        "--bucket",
+        &bucket.name,
+        "--endpoint-url",
+        endpoint,
+        "--json",
+    ]);
     cmd.arg("--dest").arg(&scratch.dest);
     cmd.arg("--state-dir").arg(&scratch.state);
     cmd.args(extra);
@@ -326,8 +344,14 @@ pub fn command(scratch: &Scratch) -> Command {
         .env("AWS_REGION", "us-east-1")
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_CONFIG_FILE", scratch.home.join("no-such-config"))
-        .env("AWS_SHARED_CREDENTIALS_FILE", scratch.home.join("no-such-credentials"))
-        .env("S3BACKUP_LOG", "info");
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            scratch.home.join("no-such-credentials"),
+        )
+        .env(
+            "S3BACKUP_LOG",
+            std::env::var("S3BACKUP_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        );
     cmd
 }
 
@@ -336,7 +360,13 @@ pub fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
     for e in walkdir::WalkDir::new(dir).min_depth(1) {
         let e = e.unwrap();
-        let rel = e.path().strip_prefix(dir).unwrap().to_str().unwrap().to_owned();
+        let rel = e
+            .path()
+            .strip_prefix(dir)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
         if e.file_type().is_file() {
             out.insert(rel, std::fs::read(e.path()).unwrap());
         } else {
@@ -346,14 +376,34 @@ pub fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
-/// A TCP proxy in front of a server that records every HTTP request line passing through it.
-pub struct CountingProxy {
-    pub endpoint: String,
-    requests: Arc<Mutex<Vec<String>>>,
+/// What the proxy does to the next matching object GET.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Flip one byte in the middle of the response body.
+    FlipByte,
+    /// Send half of the body, then close the connection.
+    Truncate,
+    /// Answer 503 SlowDown without asking the server.
+    SlowDown,
 }
 
-impl CountingProxy {
-    pub fn start(upstream: &str) -> CountingProxy {
+struct Armed {
+    fault: Option<Fault>,
+    remaining: usize,
+    path_contains: String,
+}
+
+/// An HTTP proxy in front of a server: records every request line and, when armed, damages responses
+/// to object GETs. Each connection carries one request (it asks the server to close after answering),
+/// so every response can be framed by its Content-Length.
+pub struct Proxy {
+    pub endpoint: String,
+    requests: Arc<Mutex<Vec<String>>>,
+    armed: Arc<Mutex<Armed>>,
+}
+
+impl Proxy {
+    pub fn start(upstream: &str) -> Proxy {
         let upstream = upstream
             .trim_start_matches("http://")
             .trim_end_matches('/')
@@ -361,50 +411,117 @@ impl CountingProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let reqs = requests.clone();
+        let armed = Arc::new(Mutex::new(Armed {
+            fault: None,
+            remaining: 0,
+            path_contains: String::new(),
+        }));
+        let (reqs, arm) = (requests.clone(), armed.clone());
         thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { break };
-                let Ok(server) = TcpStream::connect(&upstream) else { continue };
-                let (mut c_read, mut s_write) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                let (mut s_read, mut c_write) = (server, client);
-                let reqs = reqs.clone();
+                let (reqs, arm, upstream) = (reqs.clone(), arm.clone(), upstream.clone());
                 thread::spawn(move || {
-                    // Client → server: requests carry no bodies (s3backup only GETs and HEADs), so each
-                    // request is a header block ending in a blank line.
-                    let mut pending = Vec::new();
-                    let mut buf = [0u8; 16384];
-                    loop {
-                        let n = match c_read.read(&mut buf) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        pending.extend_from_slice(&buf[..n]);
-                        while let Some(end) = find(&pending, b"\r\n\r\n") {
-                            let head = String::from_utf8_lossy(&pending[..end]).into_owned();
-                            if let Some(line) = head.lines().next() {
-                                reqs.lock().unwrap().push(line.to_owned());
-                            }
-                            pending.drain(..end + 4);
-                        }
-                        if s_write.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                    let _ = s_write.shutdown(std::net::Shutdown::Write);
-                });
-                thread::spawn(move || {
-                    let _ = std::io::copy(&mut s_read, &mut c_write);
-                    let _ = c_write.shutdown(std::net::Shutdown::Write);
+                    let _ = serve_one(client, &upstream, &reqs, &arm);
                 });
             }
         });
-        CountingProxy { endpoint, requests }
+        Proxy {
+            endpoint,
+            requests,
+            armed,
+        }
+    }
+
+    /// Damage the next `times` object GETs whose request line contains `path_contains`.
+    pub fn arm(&self, fault: Fault, times: usize, path_contains: &str) {
+        *self.armed.lock().unwrap() = Armed {
+            fault: Some(fault),
+            remaining: times,
+            path_contains: path_contains.to_owned(),
+        };
+    }
+
+    pub fn disarm(&self) {
+        self.armed.lock().unwrap().fault = None;
     }
 
     /// Request lines seen so far, then forget them.
     pub fn take(&self) -> Vec<String> {
         std::mem::take(&mut *self.requests.lock().unwrap())
+    }
+}
+
+fn serve_one(
+    mut client: TcpStream,
+    upstream: &str,
+    reqs: &Mutex<Vec<String>>,
+    armed: &Mutex<Armed>,
+) -> std::io::Result<()> {
+    // s3backup sends only GETs and HEADs: a request is its header block.
+    let mut head = Vec::new();
+    let mut buf = [0u8; 8192];
+    while find(&head, b"\r\n\r\n").is_none() {
+        let n = client.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let line = text.lines().next().unwrap_or_default().to_owned();
+    reqs.lock().unwrap().push(line.clone());
+    let fault = {
+        let mut a = armed.lock().unwrap();
+        let is_object_get = line.starts_with("GET ") && !line.contains("list-type=2");
+        match a.fault {
+            Some(f) if is_object_get && a.remaining > 0 && line.contains(&a.path_contains) => {
+                a.remaining -= 1;
+                Some(f)
+            }
+            _ => None,
+        }
+    };
+    if fault == Some(Fault::SlowDown) {
+        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+        write!(
+            client,
+            "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )?;
+        return Ok(());
+    }
+    let mut server = TcpStream::connect(upstream)?;
+    let mut rewritten = String::new();
+    for (i, l) in text.split("\r\n").enumerate() {
+        if l.is_empty() {
+            break;
+        }
+        if i > 0 && l.to_ascii_lowercase().starts_with("connection:") {
+            continue;
+        }
+        rewritten.push_str(l);
+        rewritten.push_str("\r\n");
+    }
+    rewritten.push_str("Connection: close\r\n\r\n");
+    server.write_all(rewritten.as_bytes())?;
+
+    let mut resp = Vec::new();
+    server.read_to_end(&mut resp)?;
+    let Some(hend) = find(&resp, b"\r\n\r\n").map(|i| i + 4) else {
+        return client.write_all(&resp);
+    };
+    let body_len = resp.len() - hend;
+    match fault {
+        Some(Fault::FlipByte) if body_len > 0 => {
+            resp[hend + body_len / 2] ^= 0x55;
+            client.write_all(&resp)
+        }
+        Some(Fault::Truncate) if body_len > 1 => {
+            client.write_all(&resp[..hend + body_len / 2])?;
+            client.shutdown(std::net::Shutdown::Both)
+        }
+        _ => client.write_all(&resp),
     }
 }
 
