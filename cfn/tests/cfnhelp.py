@@ -1,0 +1,480 @@
+#!/usr/bin/env python3
+"""Helpers for cfn/tests/run: render the stack's UserData, check it against cloud-init 19.3, act out
+the parts of cloud-init the sandbox needs (write_files, runcmd), and check a cron.d file.
+
+Subcommands (all print to stdout, exit non-zero with a message on stderr when a check fails):
+  render-userdata TEMPLATE [NAME=VALUE ...]   the decoded #cloud-config, ${...} substituted
+  check-cloud-config FILE                     only keys that cloud-init 19.3 and 22.x both know
+  write-files FILE                            write each write_files entry (path, owner, permissions)
+  extract-file FILE PATH                      the content of the write_files entry for PATH
+  runcmd FILE                                 the runcmd entries as one shell script, like cloud-init
+  check-crond FILE USER                       a valid cron.d file with one job for USER; prints its
+                                              SHELL, PATH and command, one per line (NUL-free)
+  mutants TEMPLATE DIR                        write DIR/NN-<rule>.json, each breaking one guard rule,
+                                              and DIR/00-unmutated.json; list them as rule<TAB>what
+  template-value TEMPLATE PATH                a value of the template, e.g. Parameters.BackupUser.Default
+"""
+
+import base64
+import copy
+import json
+import os
+import pwd
+import grp
+import re
+import shlex
+import sys
+
+import yaml
+
+
+# ----------------------------------------------------------------------------- CloudFormation YAML
+class CfnLoader(yaml.SafeLoader):
+    """YAML loader that turns the short-form intrinsic tags (!Sub, !Ref, ...) into their long form."""
+
+
+def _tag(loader, suffix, node):
+    name = "Ref" if suffix == "Ref" else "Fn::" + suffix
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+        if suffix == "GetAtt":
+            value = value.split(".", 1)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    return {name: value}
+
+
+CfnLoader.add_multi_constructor("!", _tag)
+
+
+def load_template(path):
+    with open(path, encoding="utf-8") as f:
+        return yaml.load(f, Loader=CfnLoader)  # noqa: S506 (SafeLoader subclass)
+
+
+SUB_RE = re.compile(r"\$\{([^}]*)\}")
+
+
+def fn_sub(template, values):
+    """Fn::Sub with one string argument: ${Name} from values, ${!Literal} -> ${Literal}."""
+
+    def repl(m):
+        name = m.group(1)
+        if name.startswith("!"):
+            return "${" + name[1:] + "}"
+        if name not in values:
+            raise SystemExit(f"Fn::Sub: no value for ${{{name}}} (pass {name}=...)")
+        return str(values[name])
+
+    return SUB_RE.sub(repl, template)
+
+
+def userdata_sub(template):
+    """The Fn::Sub string inside the launch template's Fn::Base64 UserData."""
+    lts = [
+        r
+        for r in template["Resources"].values()
+        if r["Type"] == "AWS::EC2::LaunchTemplate"
+        and "UserData" in r["Properties"]["LaunchTemplateData"]
+    ]
+    if len(lts) != 1:
+        raise SystemExit(f"expected one launch template with UserData, found {len(lts)}")
+    ud = lts[0]["Properties"]["LaunchTemplateData"]["UserData"]
+    sub = ud["Fn::Base64"]["Fn::Sub"]
+    if not isinstance(sub, str):
+        raise SystemExit("UserData: expected Fn::Base64 of a one-argument Fn::Sub")
+    return sub
+
+
+def render_userdata(template_path, assignments):
+    t = load_template(template_path)
+    values = {
+        "AWS::Partition": "aws",
+        "AWS::Region": "us-east-1",
+        "AWS::StackName": "s3backup",
+        "AWS::URLSuffix": "amazonaws.com",
+        "AWS::AccountId": "123456789012",
+    }
+    for name, p in t.get("Parameters", {}).items():
+        if "Default" in p:
+            values[name] = p["Default"]
+    for a in assignments:
+        k, _, v = a.partition("=")
+        values[k] = v
+    text = fn_sub(userdata_sub(t), values)
+    # What EC2 hands the instance is the base64 of this text: check the round trip and the 16 KiB cap.
+    raw = base64.b64decode(base64.b64encode(text.encode()))
+    if len(raw) > 16384:
+        raise SystemExit(f"UserData is {len(raw)} bytes; EC2 allows 16384")
+    return text
+
+
+# ----------------------------------------------------------------------------- cloud-config checks
+# Top-level keys read by the config modules of cloud-init 19.3 (cloudinit/config/cc_*.py at tag 19.3,
+# plus the keys of cloudinit/distros and stages that user data may set). Amazon Linux 2 ships 19.3;
+# Amazon Linux 2023 ships 22.x, which knows all of these too. A key outside this list is silently
+# ignored by 19.3, so the bootstrap would half-run on AL2: reject it here.
+CLOUD_INIT_19_3_KEYS = {
+    "apt", "apt_pipelining", "apt_preserve_sources_list", "bootcmd", "byobu_by_default",
+    "ca-certs", "chef", "chpasswd", "debconf_selections", "disable_ec2_metadata", "disable_root",
+    "disable_root_opts", "disk_setup", "fan", "final_message", "fqdn", "fs_setup", "groups",
+    "growpart", "grub_dpkg", "hostname", "landscape", "locale", "locale_configfile", "lxd",
+    "manage_etc_hosts", "manage_resolv_conf", "mcollective", "mount_default_fields", "mounts",
+    "no_ssh_fingerprints", "ntp", "output", "package_reboot_if_required", "package_update",
+    "package_upgrade", "packages", "password", "phone_home", "power_state", "preserve_hostname",
+    "puppet", "random_seed", "resize_rootfs", "resolv_conf",
+    "rh_subscription", "rsyslog", "runcmd", "salt_minion", "snap", "spacewalk",
+    "ssh_authorized_keys", "ssh_deletekeys", "ssh_genkeytypes", "ssh_keys", "ssh_pwauth",
+    "swap", "timezone", "ubuntu_advantage", "user", "users", "write_files", "yum_repos",
+    "zypper",
+}
+# Keys of one write_files entry in 19.3 (cc_write_files.py); 'defer' and 'append' came later.
+WRITE_FILES_19_3_KEYS = {"path", "content", "owner", "permissions", "encoding"}
+
+
+def load_cloud_config(path):
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if not text.startswith("#cloud-config\n"):
+        raise SystemExit(f"{path}: does not start with a '#cloud-config' line")
+    doc = yaml.safe_load(text)
+    if not isinstance(doc, dict):
+        raise SystemExit(f"{path}: not a YAML mapping")
+    return doc
+
+
+def check_cloud_config(path):
+    doc = load_cloud_config(path)
+    unknown = sorted(set(doc) - CLOUD_INIT_19_3_KEYS)
+    if unknown:
+        raise SystemExit(f"{path}: keys unknown to cloud-init 19.3: {unknown}")
+    for i, wf in enumerate(doc.get("write_files", [])):
+        extra = sorted(set(wf) - WRITE_FILES_19_3_KEYS)
+        if extra:
+            raise SystemExit(f"{path}: write_files[{i}] has keys unknown to 19.3: {extra}")
+        owner = wf.get("owner", "root:root")
+        if owner.split(":")[0] != "root":
+            # write_files runs before users are created on AL2.
+            raise SystemExit(f"{path}: write_files[{i}] owner {owner!r}: must be root on AL2")
+        perms = wf.get("permissions")
+        if not isinstance(perms, str) or not re.fullmatch(r"0[0-7]{3}", perms):
+            raise SystemExit(f"{path}: write_files[{i}] permissions must be a quoted octal string")
+    if not doc.get("runcmd"):
+        raise SystemExit(f"{path}: no runcmd")
+    print(f"{path}: top-level keys {sorted(doc)} all known to cloud-init 19.3")
+
+
+def write_files(path):
+    """What cc_write_files does, for the entries we use (plain text content)."""
+    for wf in load_cloud_config(path).get("write_files", []):
+        if wf.get("encoding"):
+            raise SystemExit("write-files: encoded content is not supported here")
+        target = wf["path"]
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, "w", encoding="utf-8") as f:
+            f.write(wf.get("content", ""))
+        user, _, group = wf.get("owner", "root:root").partition(":")
+        os.chown(target, pwd.getpwnam(user).pw_uid, grp.getgrnam(group or user).gr_gid)
+        os.chmod(target, int(wf.get("permissions", "0644"), 8))
+        print(f"wrote {target}")
+
+
+def extract_file(path, target):
+    """The content of the write_files entry for target."""
+    for wf in load_cloud_config(path).get("write_files", []):
+        if wf["path"] == target:
+            sys.stdout.write(wf.get("content", ""))
+            return
+    raise SystemExit(f"{path}: no write_files entry for {target}")
+
+
+def runcmd_script(path):
+    """cc_runcmd turns the list into a shell script: lists are quoted word by word."""
+    lines = ["#!/bin/sh"]
+    for cmd in load_cloud_config(path)["runcmd"]:
+        lines.append(cmd if isinstance(cmd, str) else " ".join(shlex.quote(str(w)) for w in cmd))
+    print("\n".join(lines))
+
+
+# ----------------------------------------------------------------------------- cron.d
+CRON_FIELD = re.compile(r"^(\*|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?(,(\*|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?)*$")
+CRON_RANGES = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)]
+MONTHS = "jan feb mar apr may jun jul aug sep oct nov dec".split()
+DAYS = "sun mon tue wed thu fri sat".split()
+ENV_LINE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\s*=")
+
+
+def _check_field(i, field):
+    if not CRON_FIELD.match(field):
+        raise SystemExit(f"cron field {i + 1} {field!r} is malformed")
+    lo, hi = CRON_RANGES[i]
+    for part in field.split(","):
+        part = part.split("/")[0]
+        for v in part.split("-"):
+            if v == "*":
+                continue
+            if v.isdigit():
+                if not lo <= int(v) <= hi:
+                    raise SystemExit(f"cron field {i + 1}: {v} outside {lo}-{hi}")
+            elif not ((i == 3 and v.lower() in MONTHS) or (i == 4 and v.lower() in DAYS)):
+                raise SystemExit(f"cron field {i + 1}: {v!r} is not a number or name")
+
+
+def check_crond(path, user):
+    """A system crontab (cron.d) line is: 5 time fields (or @keyword), user, command."""
+    st = os.stat(path)
+    name = os.path.basename(path)
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        raise SystemExit(f"{path}: Debian's cron ignores cron.d files whose name has other characters")
+    if st.st_uid != 0 or st.st_gid != 0:
+        raise SystemExit(f"{path}: owned by {st.st_uid}:{st.st_gid}, not root:root")
+    if st.st_mode & 0o7777 != 0o644:
+        raise SystemExit(f"{path}: mode {oct(st.st_mode & 0o7777)}, not 0644")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if not text.endswith("\n"):
+        raise SystemExit(f"{path}: cron ignores a last line without a newline")
+    env, jobs = {}, []
+    for line in text.splitlines():
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        if ENV_LINE.match(s):
+            k, _, v = s.partition("=")
+            env[k.strip()] = v.strip()
+            continue
+        words = s.split()
+        if words[0].startswith("@"):
+            if words[0] not in ("@reboot", "@yearly", "@annually", "@monthly", "@weekly", "@daily",
+                                "@midnight", "@hourly"):
+                raise SystemExit(f"{path}: unknown {words[0]}")
+            times, rest = words[:1], s.split(None, 2)[1:]
+        else:
+            for i, fld in enumerate(words[:5]):
+                _check_field(i, fld)
+            times, rest = words[:5], s.split(None, 6)[5:]
+        if len(rest) != 2:
+            raise SystemExit(f"{path}: job line without user and command: {line!r}")
+        jobs.append((times, rest[0], rest[1]))
+    if len(jobs) != 1:
+        raise SystemExit(f"{path}: expected exactly one job, found {len(jobs)}")
+    times, job_user, command = jobs[0]
+    if job_user != user:
+        raise SystemExit(f"{path}: job runs as {job_user!r}, expected {user!r}")
+    # cron turns an unescaped % into a newline (the rest becomes stdin): refuse any here.
+    if re.search(r"(?<!\\)%", command):
+        raise SystemExit(f"{path}: unescaped % in the command")
+    command = command.replace("\\%", "%")
+    for k in ("SHELL", "PATH"):
+        if k not in env:
+            raise SystemExit(f"{path}: no {k}= line")
+    print(env["SHELL"])
+    print(env["PATH"])
+    print(command)
+
+
+# ----------------------------------------------------------------------------- guard mutants
+def _stmt(t, sid):
+    return next(s for s in t["Resources"]["InstanceRole"]["Properties"]["Policies"][0]
+                ["PolicyDocument"]["Statement"] if s.get("Sid") == sid)
+
+
+def _ud_replace(old, new):
+    def f(t):
+        ud = t["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]
+        sub = ud["Fn::Base64"]["Fn::Sub"]
+        if old not in sub:
+            raise SystemExit(f"mutant: {old!r} not in UserData")
+        ud["Fn::Base64"]["Fn::Sub"] = sub.replace(old, new)
+    return f
+
+
+def _good_bucket(t):
+    b = copy.deepcopy(t["Resources"]["ImagesBucket"])
+    t["Resources"]["SecondBucket"] = b  # fully configured, but no bucket policy of its own
+
+
+# (rule that must FAIL, what the mutant breaks, how)
+MUTANTS = [
+    ("s3_bucket_encrypted", "no BucketEncryption",
+     lambda t: t["Resources"]["ImagesBucket"]["Properties"].pop("BucketEncryption")),
+    ("s3_bucket_public_access_blocked", "RestrictPublicBuckets false",
+     lambda t: t["Resources"]["ImagesBucket"]["Properties"]["PublicAccessBlockConfiguration"]
+     .update(RestrictPublicBuckets=False)),
+    ("s3_bucket_public_access_blocked", "no public access block",
+     lambda t: t["Resources"]["ImagesBucket"]["Properties"].pop("PublicAccessBlockConfiguration")),
+    ("s3_bucket_versioned", "versioning suspended",
+     lambda t: t["Resources"]["ImagesBucket"]["Properties"]["VersioningConfiguration"]
+     .update(Status="Suspended")),
+    ("s3_bucket_owner_enforced", "ObjectWriter ownership",
+     lambda t: t["Resources"]["ImagesBucket"]["Properties"]["OwnershipControls"]["Rules"][0]
+     .update(ObjectOwnership="ObjectWriter")),
+    ("s3_bucket_retained", "DeletionPolicy Delete",
+     lambda t: t["Resources"]["ImagesBucket"].update(DeletionPolicy="Delete")),
+    ("s3_bucket_retained", "no UpdateReplacePolicy",
+     lambda t: t["Resources"]["ImagesBucket"].pop("UpdateReplacePolicy")),
+    ("s3_bucket_denies_insecure_transport", "no bucket policy",
+     lambda t: t["Resources"].pop("ImagesBucketPolicy")),
+    ("s3_bucket_denies_insecure_transport", "policy allows instead of denying",
+     lambda t: t["Resources"]["ImagesBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"][0]
+     .update(Effect="Allow")),
+    ("s3_bucket_denies_insecure_transport", "policy denies TLS instead of plain HTTP",
+     lambda t: t["Resources"]["ImagesBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"][0]
+     ["Condition"]["Bool"].update({"aws:SecureTransport": "true"})),
+    ("s3_bucket_denies_insecure_transport", "a second bucket without a policy", _good_bucket),
+    ("ec2_launch_template_imdsv2", "HttpTokens optional",
+     lambda t: t["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"]
+     ["MetadataOptions"].update(HttpTokens="optional")),
+    ("ec2_launch_template_imdsv2", "hop limit 2",
+     lambda t: t["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"]
+     ["MetadataOptions"].update(HttpPutResponseHopLimit=2)),
+    ("ec2_launch_template_imdsv2", "no MetadataOptions",
+     lambda t: t["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"]
+     .pop("MetadataOptions")),
+    ("ec2_instance_imdsv2", "instance overrides with IMDSv1",
+     lambda t: t["Resources"]["Instance"]["Properties"].update(
+         MetadataOptions={"HttpTokens": "optional", "HttpPutResponseHopLimit": 1})),
+    ("ec2_instance_imdsv2", "instance without the launch template",
+     lambda t: t["Resources"]["Instance"]["Properties"].pop("LaunchTemplate")),
+    ("ec2_volumes_encrypted", "unencrypted root volume",
+     lambda t: t["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"]
+     ["BlockDeviceMappings"][0]["Ebs"].update(Encrypted=False)),
+    ("ec2_volumes_encrypted", "no root volume mapping",
+     lambda t: t["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"]
+     .pop("BlockDeviceMappings")),
+    ("ec2_volumes_encrypted", "an unencrypted extra volume",
+     lambda t: t["Resources"].update(DataVolume={
+         "Type": "AWS::EC2::Volume",
+         "Properties": {"Size": 10, "AvailabilityZone": "us-east-1a", "Encrypted": False}})),
+    ("ec2_no_key_pair", "KeyName on the instance",
+     lambda t: t["Resources"]["Instance"]["Properties"].update(KeyName="k")),
+    ("ec2_no_key_pair", "KeyName in the launch template",
+     lambda t: t["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"]
+     .update(KeyName="k")),
+    ("ec2_security_group_no_ingress", "inline SSH ingress",
+     lambda t: t["Resources"]["SecurityGroup"]["Properties"].update(SecurityGroupIngress=[
+         {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "CidrIp": "10.0.0.0/8"}])),
+    ("ec2_security_group_no_ingress", "separate ingress resource",
+     lambda t: t["Resources"].update(Ingress={
+         "Type": "AWS::EC2::SecurityGroupIngress",
+         "Properties": {"GroupId": {"Fn::GetAtt": ["SecurityGroup", "GroupId"]},
+                        "IpProtocol": "tcp", "FromPort": 443, "ToPort": 443,
+                        "CidrIp": "10.0.0.0/8"}})),
+    ("ec2_instance_waits_for_signal", "no CreationPolicy",
+     lambda t: t["Resources"]["Instance"].pop("CreationPolicy")),
+    ("ec2_ami_from_ssm_parameter", "AMI parameter is a plain image id",
+     lambda t: t["Parameters"]["AmiParameter"].update(Type="AWS::EC2::Image::Id",
+                                                      Default="ami-0123456789abcdef0")),
+    ("ec2_ami_from_ssm_parameter", "hard-coded AMI",
+     lambda t: t["Resources"]["Instance"]["Properties"].update(ImageId="ami-0123456789abcdef0")),
+    ("ec2_ami_from_ssm_parameter", "default instance type t3.large",
+     lambda t: t["Parameters"]["InstanceType"].update(Default="t3.large")),
+    ("iam_role_trusts_ec2_only", "trusts Lambda too",
+     lambda t: t["Resources"]["InstanceRole"]["Properties"]["AssumeRolePolicyDocument"]
+     ["Statement"][0]["Principal"].update(Service=["ec2.amazonaws.com", "lambda.amazonaws.com"])),
+    ("iam_role_managed_policy_is_ssm_core", "AdministratorAccess attached",
+     lambda t: t["Resources"]["InstanceRole"]["Properties"]["ManagedPolicyArns"].append(
+         {"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/AdministratorAccess"})),
+    ("iam_role_managed_policy_is_ssm_core", "no managed policy (no Session Manager)",
+     lambda t: t["Resources"]["InstanceRole"]["Properties"].pop("ManagedPolicyArns")),
+    ("iam_role_inline_policy_exact", "a fourth statement (s3:PutObject)",
+     lambda t: t["Resources"]["InstanceRole"]["Properties"]["Policies"][0]["PolicyDocument"]
+     ["Statement"].append({"Effect": "Allow", "Action": "s3:PutObject", "Resource": {
+         "Fn::Sub": "arn:${AWS::Partition}:s3:::${ImagesBucket}/*"}})),
+    ("iam_role_inline_policy_exact", "s3:ListBucket on every bucket",
+     lambda t: _stmt(t, "ListImagesBucket").update(Resource={"Fn::Sub": "arn:${AWS::Partition}:s3:::*"})),
+    ("iam_role_inline_policy_exact", "s3:GetObject on the whole artifact bucket",
+     lambda t: _stmt(t, "ReadTheOneArtifact").update(
+         Resource={"Fn::Sub": "arn:${AWS::Partition}:s3:::${ArtifactBucket}/*"})),
+    ("iam_role_inline_policy_exact", "an action list with s3:DeleteObject",
+     lambda t: _stmt(t, "ReadImages").update(Action=["s3:GetObject", "s3:DeleteObject"])),
+    ("iam_role_inline_policy_exact", "s3:* instead of s3:GetObject",
+     lambda t: _stmt(t, "ReadImages").update(Action="s3:*")),
+    ("iam_no_other_policies", "an extra AWS::IAM::Policy",
+     lambda t: t["Resources"].update(Extra={
+         "Type": "AWS::IAM::Policy",
+         "Properties": {"PolicyName": "x", "Roles": [{"Ref": "InstanceRole"}], "PolicyDocument": {
+             "Version": "2012-10-17",
+             "Statement": [{"Effect": "Allow", "Action": "ec2:*", "Resource": "*"}]}}})),
+    ("arns_use_partition", "literal arn:aws: managed policy",
+     lambda t: t["Resources"]["InstanceRole"]["Properties"].update(
+         ManagedPolicyArns=["arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"])),
+    ("arns_use_partition", "literal arn:aws: in the bucket policy",
+     lambda t: t["Resources"]["ImagesBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"][0]
+     .update(Resource=[{"Fn::Sub": "arn:aws:s3:::${ImagesBucket}"},
+                       {"Fn::Sub": "arn:aws:s3:::${ImagesBucket}/*"}])),
+    ("arns_use_partition", "literal arn:aws: in the role policy",
+     lambda t: _stmt(t, "ReadTheOneArtifact").update(Resource="arn:aws:s3:::bucket/key")),
+    ("parameters_typed_and_grouped", "no parameter groups",
+     lambda t: t["Metadata"].pop("AWS::CloudFormation::Interface")),
+    ("parameters_typed_and_grouped", "free-form BackupDir",
+     lambda t: t["Parameters"]["BackupDir"].pop("AllowedPattern")),
+    ("parameters_typed_and_grouped", "undescribed parameter",
+     lambda t: t["Parameters"]["Schedule"].pop("Description")),
+    ("artifact_pinned_by_sha256", "any string as SHA-256",
+     lambda t: t["Parameters"]["ArtifactSha256"].update(AllowedPattern=".+")),
+    ("outputs_for_the_operator", "no SSM command output",
+     lambda t: t["Outputs"].pop("SsmStartSessionCommand")),
+    ("outputs_for_the_operator", "SSM command without region",
+     lambda t: t["Outputs"]["SsmStartSessionCommand"].update(
+         Value={"Fn::Sub": "aws ssm start-session --target ${Instance}"})),
+    ("userdata_bootstrap_shape", "no checksum check", _ud_replace("sha256sum -c", "true")),
+    ("userdata_bootstrap_shape", "no cfn-signal", _ud_replace("cfn-signal", "true")),
+    ("userdata_bootstrap_shape", "cron line written by hand", _ud_replace(
+        '"$BIN" cron-entry', 'echo "17 3 * * * root /usr/local/bin/s3backup" #')),
+    ("userdata_bootstrap_shape", "first backup as root", _ud_replace("runuser -u", "env")),
+    ("userdata_bootstrap_shape", "write_files defer", _ud_replace(
+        "    permissions: '0755'\n", "    permissions: '0755'\n    defer: true\n")),
+    ("userdata_bootstrap_shape", "not a cloud-config", _ud_replace("#cloud-config\n", "#!/bin/sh\n")),
+]
+
+
+def mutants(template_path, outdir):
+    os.makedirs(outdir, exist_ok=True)
+    base = load_template(template_path)
+    with open(os.path.join(outdir, "00-unmutated.json"), "w", encoding="utf-8") as f:
+        json.dump(base, f, indent=1)
+    for i, (rule, what, fn) in enumerate(MUTANTS, 1):
+        t = copy.deepcopy(base)
+        fn(t)
+        name = f"{i:02d}-{rule}.json"
+        with open(os.path.join(outdir, name), "w", encoding="utf-8") as f:
+            json.dump(t, f, indent=1)
+        print(f"{name}\t{rule}\t{what}")
+
+
+def template_value(template_path, dotted):
+    v = load_template(template_path)
+    for part in dotted.split("."):
+        v = v[part]
+    print(v)
+
+
+def main(argv):
+    if len(argv) < 2:
+        raise SystemExit(__doc__)
+    cmd, args = argv[1], argv[2:]
+    if cmd == "render-userdata":
+        sys.stdout.write(render_userdata(args[0], args[1:]))
+    elif cmd == "check-cloud-config":
+        check_cloud_config(args[0])
+    elif cmd == "write-files":
+        write_files(args[0])
+    elif cmd == "extract-file":
+        extract_file(args[0], args[1])
+    elif cmd == "runcmd":
+        runcmd_script(args[0])
+    elif cmd == "check-crond":
+        check_crond(args[0], args[1])
+    elif cmd == "mutants":
+        mutants(args[0], args[1])
+    elif cmd == "template-value":
+        template_value(args[0], args[1])
+    else:
+        raise SystemExit(f"unknown subcommand {cmd!r}\n{__doc__}")
+
+
+if __name__ == "__main__":
+    main(sys.argv)
