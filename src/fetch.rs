@@ -215,7 +215,9 @@ impl Fetcher {
         }
         let expected = Expected::from_response(&sums);
         let hasher = expected.hasher();
-        let (staged, hasher, n) = stream_to_file(resp.body, staged, hasher, 0).await?;
+        let (staged, hasher, n) = stream_to_file(resp.body, staged, hasher, 0)
+            .await
+            .map_err(|e| at_path(e, target))?;
         drop(_permit);
         if n != obj.size {
             return Err(FetchError::Transient(format!(
@@ -289,7 +291,8 @@ impl Fetcher {
             .map(|(start, end)| self.fetch_range(obj, etag.as_deref(), file.clone(), start, end))
             .buffer_unordered(self.concurrency)
             .try_collect::<()>()
-            .await?;
+            .await
+            .map_err(|e| at_path(e, target))?;
         drop(file);
 
         // Parts arrive out of order, so the full-object checksum is computed over the assembled file.
@@ -393,7 +396,8 @@ impl Fetcher {
             .map(|i| self.fetch_part(obj, i, file.clone()))
             .buffer_unordered(self.concurrency)
             .try_collect()
-            .await?;
+            .await
+            .map_err(|e| at_path(e, target))?;
         drop(file);
         parts.sort_by_key(|p| p.number);
         let mut at = 0;
@@ -682,6 +686,16 @@ pub trait HasStatus {
 impl HasStatus for aws_sdk_s3::config::http::HttpResponse {
     fn status_code(&self) -> u16 {
         self.status().as_u16()
+    }
+}
+
+/// Local write errors name the file they were for.
+fn at_path(e: FetchError, target: &Path) -> FetchError {
+    match e {
+        FetchError::Permanent(m) => {
+            FetchError::Permanent(format!("{m} (for {})", target.display()))
+        }
+        e => e,
     }
 }
 

@@ -5,6 +5,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_s3::types::ChecksumAlgorithm;
@@ -766,4 +767,191 @@ fn truncated_bodies_and_slowdown_are_retried() {
     assert_eq!(r.code(), 0, "{}", r.stderr());
     assert_eq!(fs::read(s.dest.join("a.jpg")).unwrap(), bytes(2, 80_000));
     assert_eq!(fs::read(s.dest.join("b.jpg")).unwrap(), bytes(3, 80_000));
+}
+
+#[test]
+fn access_denied_on_listing_exits_2_and_on_one_object_fails_only_that_key() {
+    let b = Bucket::new(Kind::Seaweed, "denied");
+    b.put("open.jpg", b"readable");
+    b.put("secret.jpg", b"forbidden");
+    let s = Scratch::new();
+    // Wrong secret: the listing itself is refused.
+    let out = command(&s)
+        .env("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+        .args(["--bucket", &b.name, "--endpoint-url", &b.endpoint, "--json"])
+        .arg("--dest")
+        .arg(&s.dest)
+        .arg("--state-dir")
+        .arg(&s.state)
+        .output()
+        .unwrap();
+    let r = Run { output: out };
+    assert_eq!(r.code(), 2, "{}", r.stderr());
+    let err = r.json()["error"].as_str().unwrap().to_owned();
+    assert!(
+        err.contains("access denied") && err.contains(&b.name),
+        "{err}"
+    );
+    assert!(tree(&s.dest).is_empty());
+    // One object the server refuses to hand out: that key fails by name, the other is backed up.
+    let proxy = Proxy::start(&b.endpoint);
+    proxy.arm(Fault::Forbidden, usize::MAX, "secret.jpg");
+    let r = backup_via(&proxy.endpoint, &b, &s, &[]);
+    assert_eq!(r.code(), 1, "{}", r.stderr());
+    assert_eq!(r.failed_keys(), ["secret.jpg"]);
+    assert!(
+        r.json()["failed"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("AccessDenied")
+    );
+    assert_eq!(tree(&s.dest).keys().collect::<Vec<_>>(), ["open.jpg"]);
+    assert_eq!(
+        object_gets(&proxy.take()),
+        2,
+        "access denied is not retried: one GET each"
+    );
+}
+
+/// kill -9 at many moments of many runs: after every kill, each final file is absent or complete and
+/// correct; the next clean run removes our temp files and converges to the exact tree.
+#[test]
+fn repeated_kill_9_never_leaves_a_partial_final_file() {
+    let b = Bucket::new(Kind::Seaweed, "crashes");
+    let mib = 1024 * 1024;
+    let mut objs: BTreeMap<String, Vec<u8>> = (0..60)
+        .map(|i| {
+            (
+                format!("small/{i:03}.jpg"),
+                bytes(900 + i, 20_000 + i as usize),
+            )
+        })
+        .collect();
+    objs.insert("large.bin".into(), bytes(999, 40 * mib));
+    b.put_many(&objs);
+    let parts: Vec<Vec<u8>> = (0..4).map(|i| bytes(950 + i, 6 * mib)).collect();
+    b.put_multipart("multi.bin", &parts, None);
+    objs.insert("multi.bin".into(), parts.concat());
+
+    let s = Scratch::new();
+    let mut kills = 0;
+    for round in 0..12u64 {
+        let mut cmd = command(&s);
+        cmd.args([
+            "--bucket",
+            &b.name,
+            "--endpoint-url",
+            &b.endpoint,
+            "--concurrency",
+            "4",
+        ]);
+        cmd.arg("--dest")
+            .arg(&s.dest)
+            .arg("--state-dir")
+            .arg(&s.state);
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let mut child = cmd.spawn().unwrap();
+        // Spread the kills over a run's life: 5 ms to ~400 ms.
+        std::thread::sleep(Duration::from_millis(
+            5 + (round * 97 + round * round * 13) % 400,
+        ));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            kills += 1;
+        }
+        child.wait().unwrap();
+        for (rel, data) in tree(&s.dest) {
+            if rel.contains(".s3backup.tmp.") {
+                continue; // a killed run's temp file: removed by the next run
+            }
+            assert_eq!(
+                Some(&data),
+                objs.get(&rel),
+                "round {round}: {rel} is partial or wrong"
+            );
+        }
+        // Each round also deletes a few finished files, so later rounds have work to be killed in.
+        for k in ["large.bin", "multi.bin", "small/007.jpg"] {
+            let _ = fs::remove_file(s.dest.join(k));
+        }
+    }
+    assert!(kills >= 6, "only {kills} runs were killed mid-way");
+    let r = backup(&b, &s, &[]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    assert_eq!(tree(&s.dest), objs, "converged, no temp files left");
+}
+
+/// A full file system and a read-only directory: clear errors naming the path, no partial final file,
+/// no temp file left. Runs the binary in a private mount namespace with a 2 MiB tmpfs as destination.
+#[test]
+fn disk_full_and_read_only_directories_fail_cleanly() {
+    if !Command::new("unshare")
+        .args(["-m", "true"])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        panic!("this test needs `unshare -m` (root): run the suite as root, as CI does");
+    }
+    let b = Bucket::new(Kind::Seaweed, "diskfull");
+    b.put("a/fits.jpg", &bytes(1, 100_000));
+    b.put("b/too-big.bin", &bytes(2, 3 * 1024 * 1024));
+    b.put("ro/blocked.jpg", &bytes(3, 1000));
+    let s = Scratch::new();
+    fs::create_dir_all(&s.dest).unwrap();
+    let script = r#"set -e
+mount -t tmpfs -o size=2m,mode=0700 tmpfs "$DEST"
+mkdir "$DEST/ro"
+mount --bind "$DEST/ro" "$DEST/ro"
+mount -o remount,bind,ro "$DEST/ro"
+set +e
+"$BIN" --bucket "$BUCKET" --endpoint-url "$EP" --dest "$DEST" --state-dir "$STATE" --json --concurrency 1
+echo "exit=$?" >&2
+find "$DEST" -mindepth 1 -printf '%y %s %P\n' >&2
+"#;
+    let base = command(&s);
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", script])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .envs(
+            base.get_envs()
+                .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))),
+        )
+        .env("BIN", base.get_program())
+        .env("BUCKET", &b.name)
+        .env("EP", &b.endpoint)
+        .env("DEST", &s.dest)
+        .env("STATE", &s.state)
+        .output()
+        .unwrap();
+    let r = Run { output: out };
+    let err = r.stderr();
+    assert!(err.contains("exit=1"), "{err}");
+    let mut failed = r.failed_keys();
+    failed.sort();
+    assert_eq!(failed, ["b/too-big.bin", "ro/blocked.jpg"], "{err}");
+    for f in r.json()["failed"].as_array().unwrap() {
+        let (key, msg) = (f["key"].as_str().unwrap(), f["error"].as_str().unwrap());
+        let want = if key.starts_with("b/") {
+            "No space left on device"
+        } else {
+            "Read-only file system"
+        };
+        assert!(msg.contains(want) && msg.contains(key), "{key}: {msg}");
+    }
+    assert!(
+        err.contains("f 100000 a/fits.jpg"),
+        "the file that fits is complete: {err}"
+    );
+    assert!(
+        !err.lines()
+            .any(|l| l.starts_with("f ") && l.ends_with("too-big.bin")),
+        "no partial final file: {err}"
+    );
+    assert!(
+        !err.lines()
+            .any(|l| l.starts_with("f ") && l.contains(".s3backup.tmp.")),
+        "no temp file left: {err}"
+    );
 }

@@ -355,9 +355,13 @@ pub fn command(scratch: &Scratch) -> Command {
     cmd
 }
 
-/// Relative path → contents of every regular file under `dir`; fails on anything else but directories.
+/// Relative path → contents of every regular file under `dir` (empty when `dir` does not exist yet);
+/// fails on anything else but directories.
 pub fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
+    if !dir.exists() {
+        return out;
+    }
     for e in walkdir::WalkDir::new(dir).min_depth(1) {
         let e = e.unwrap();
         let rel = e
@@ -385,6 +389,8 @@ pub enum Fault {
     Truncate,
     /// Answer 503 SlowDown without asking the server.
     SlowDown,
+    /// Answer 403 AccessDenied without asking the server.
+    Forbidden,
 }
 
 struct Armed {
@@ -482,11 +488,22 @@ fn serve_one(
             _ => None,
         }
     };
-    if fault == Some(Fault::SlowDown) {
-        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+    let canned = match fault {
+        Some(Fault::SlowDown) => Some((
+            "503 Slow Down",
+            "SlowDown",
+            "Please reduce your request rate.",
+        )),
+        Some(Fault::Forbidden) => Some(("403 Forbidden", "AccessDenied", "Access Denied")),
+        _ => None,
+    };
+    if let Some((status, code, message)) = canned {
+        let body = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>{message}</Message></Error>"
+        );
         write!(
             client,
-            "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         )?;
         return Ok(());
