@@ -393,10 +393,14 @@ pub enum Fault {
     Forbidden,
 }
 
+/// Code the proxy runs before forwarding a matching request (e.g. overwrite the object meanwhile).
+pub type Hook = Arc<dyn Fn() + Send + Sync>;
+
 struct Armed {
     fault: Option<Fault>,
     remaining: usize,
     path_contains: String,
+    hook: Option<(String, Hook)>,
 }
 
 /// An HTTP proxy in front of a server: records every request line and, when armed, damages responses
@@ -421,6 +425,7 @@ impl Proxy {
             fault: None,
             remaining: 0,
             path_contains: String::new(),
+            hook: None,
         }));
         let (reqs, arm) = (requests.clone(), armed.clone());
         thread::spawn(move || {
@@ -441,11 +446,15 @@ impl Proxy {
 
     /// Damage the next `times` object GETs whose request line contains `path_contains`.
     pub fn arm(&self, fault: Fault, times: usize, path_contains: &str) {
-        *self.armed.lock().unwrap() = Armed {
-            fault: Some(fault),
-            remaining: times,
-            path_contains: path_contains.to_owned(),
-        };
+        let mut a = self.armed.lock().unwrap();
+        a.fault = Some(fault);
+        a.remaining = times;
+        a.path_contains = path_contains.to_owned();
+    }
+
+    /// Run `hook` once, before forwarding the first request whose line contains `path_contains`.
+    pub fn hook_once(&self, path_contains: &str, hook: Hook) {
+        self.armed.lock().unwrap().hook = Some((path_contains.to_owned(), hook));
     }
 
     pub fn disarm(&self) {
@@ -477,6 +486,16 @@ fn serve_one(
     let text = String::from_utf8_lossy(&head).into_owned();
     let line = text.lines().next().unwrap_or_default().to_owned();
     reqs.lock().unwrap().push(line.clone());
+    let hook = {
+        let mut a = armed.lock().unwrap();
+        match &a.hook {
+            Some((p, _)) if line.contains(p.as_str()) => a.hook.take().map(|(_, h)| h),
+            _ => None,
+        }
+    };
+    if let Some(h) = hook {
+        h();
+    }
     let fault = {
         let mut a = armed.lock().unwrap();
         let is_object_get = line.starts_with("GET ") && !line.contains("list-type=2");
