@@ -705,12 +705,14 @@ fn a_body_that_never_verifies_fails_by_key_and_keeps_the_old_copy() {
     let v1_parts: Vec<Vec<u8>> = vec![bytes(10, 5 * mib), bytes(11, mib)];
     b.put("single.jpg", b"version one of the image");
     b.put_multipart("multi.bin", &v1_parts, None);
+    b.put_md5_only("md5only.jpg", b"version one, md5 etag only");
     b.put("ok.jpg", b"fine");
     let s = Scratch::new();
     assert_eq!(backup(&b, &s, &[]).code(), 0);
 
     std::thread::sleep(Duration::from_millis(1100));
     b.put("single.jpg", b"version two of the image");
+    b.put_md5_only("md5only.jpg", b"version two, md5 etag only");
     let v2_parts: Vec<Vec<u8>> = vec![bytes(20, 5 * mib), bytes(21, mib)];
     b.put_multipart("multi.bin", &v2_parts, None);
     let proxy = Proxy::start(&b.endpoint);
@@ -720,10 +722,16 @@ fn a_body_that_never_verifies_fails_by_key_and_keeps_the_old_copy() {
     assert_eq!(r.code(), 1, "{}", r.stderr());
     let mut failed = r.failed_keys();
     failed.sort();
-    assert_eq!(failed, ["multi.bin", "single.jpg"]);
+    assert_eq!(failed, ["md5only.jpg", "multi.bin", "single.jpg"]);
     for f in r.json()["failed"].as_array().unwrap() {
         let (key, err) = (f["key"].as_str().unwrap(), f["error"].as_str().unwrap());
         assert!(err.contains("mismatch"), "{key}: {err}");
+        if key == "md5only.jpg" {
+            assert!(
+                err.contains("md5 (etag) mismatch"),
+                "verified by its MD5 ETag: {err}"
+            );
+        }
         assert!(
             r.stderr().contains(&format!("failed {key:?}")),
             "{}",
@@ -731,7 +739,11 @@ fn a_body_that_never_verifies_fails_by_key_and_keeps_the_old_copy() {
         );
     }
     assert_eq!(r.json()["unchanged"], 1);
-    assert_eq!(tree(&s.dest).len(), 3, "no temp file left, nothing lost");
+    assert_eq!(tree(&s.dest).len(), 4, "no temp file left, nothing lost");
+    assert_eq!(
+        fs::read(s.dest.join("md5only.jpg")).unwrap(),
+        b"version one, md5 etag only"
+    );
     assert_eq!(
         fs::read(s.dest.join("single.jpg")).unwrap(),
         b"version one of the image"
@@ -751,6 +763,10 @@ fn a_body_that_never_verifies_fails_by_key_and_keeps_the_old_copy() {
     assert_eq!(
         fs::read(s.dest.join("multi.bin")).unwrap(),
         v2_parts.concat()
+    );
+    assert_eq!(
+        fs::read(s.dest.join("md5only.jpg")).unwrap(),
+        b"version two, md5 etag only"
     );
     assert_eq!(r.json()["unverified"], 0);
 }

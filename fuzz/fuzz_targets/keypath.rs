@@ -23,7 +23,10 @@ fuzz_target!(|input: (&str, bool)| {
     let dest = Path::new("/backup/dest");
     let joined = dest.join(&path);
     assert!(joined.starts_with(dest), "{key:?} escapes to {joined:?}");
-    assert!(path.is_relative() && path.components().count() >= 1, "{key:?}");
+    assert!(
+        path.is_relative() && path.components().count() >= 1,
+        "{key:?}"
+    );
     for c in path.components() {
         let Component::Normal(name) = c else {
             panic!("{key:?} has component {c:?}");
@@ -34,7 +37,11 @@ fuzz_target!(|input: (&str, bool)| {
         assert!(!name.starts_with(TEMP_PREFIX), "{key:?}");
     }
     // Verbatim: the path is the key, minus a folder marker's trailing '/'.
-    let expect = if marker { key.strip_suffix('/').unwrap() } else { key };
+    let expect = if marker {
+        key.strip_suffix('/').unwrap()
+    } else {
+        key
+    };
     assert_eq!(path.to_str().unwrap(), expect);
     assert!(!marker || size == 0);
 });

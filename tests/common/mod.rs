@@ -124,6 +124,26 @@ impl Bucket {
         .unwrap_or_else(|e| panic!("put {key:?}: {}", aws_sdk_s3::error::DisplayErrorContext(e)));
     }
 
+    /// A single PUT without any flexible checksum, so the server has only the MD5 ETag to offer.
+    pub fn put_md5_only(&self, key: &str, body: &[u8]) {
+        use aws_sdk_s3::config::RequestChecksumCalculation;
+        let conf = self
+            .client
+            .config()
+            .to_builder()
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .build();
+        rt().block_on(
+            Client::from_conf(conf)
+                .put_object()
+                .bucket(&self.name)
+                .key(key)
+                .body(ByteStream::from(body.to_vec()))
+                .send(),
+        )
+        .unwrap_or_else(|e| panic!("put {key:?}: {}", aws_sdk_s3::error::DisplayErrorContext(e)));
+    }
+
     /// Many small objects, a few uploads in flight at once.
     pub fn put_many(&self, objects: &BTreeMap<String, Vec<u8>>) {
         rt().block_on(async {
