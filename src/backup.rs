@@ -30,6 +30,10 @@ pub enum RunError {
 
 /// Listing pages buffered ahead of the planner (1,000 keys a page).
 const LISTING_DEPTH: usize = 2;
+/// Files made durable together (one syncfs, one fsync per directory), and how long a batch waits for
+/// more files after its first: short next to a GET, long enough to gather the downloads in flight.
+const COMMIT_BATCH: usize = 64;
+const COMMIT_WINDOW: std::time::Duration = std::time::Duration::from_millis(5);
 
 pub async fn run(
     config: &Config,
@@ -72,7 +76,14 @@ pub async fn run(
     let client = crate::s3::client(config)
         .await
         .map_err(|e| RunError::Config(e.to_string()))?;
-    let fetcher = Fetcher::new(client.clone(), &config.bucket, config.concurrency, settings);
+    let committer = atomic::Committer::spawn(COMMIT_BATCH, COMMIT_WINDOW);
+    let fetcher = Fetcher::new(
+        client.clone(),
+        &config.bucket,
+        config.concurrency,
+        settings,
+        committer,
+    );
     let mut pages = listing::spawn(
         client,
         config.bucket.clone(),

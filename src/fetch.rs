@@ -20,7 +20,7 @@ use futures::{StreamExt, TryStreamExt};
 use md5::{Digest, Md5};
 use tokio::sync::Semaphore;
 
-use crate::atomic::Staged;
+use crate::atomic::{Committer, Staged};
 use crate::listing::{self, ObjectInfo};
 use crate::verify::{Expected, Hasher, ResponseChecksums};
 
@@ -82,6 +82,7 @@ pub struct Fetcher {
     settings: FetchSettings,
     /// Set once the server has shown it ignores `partNumber`, so later objects skip the attempt.
     parts_unsupported: Arc<AtomicBool>,
+    committer: Committer,
 }
 
 /// How one object is fetched, from what the listing says about it.
@@ -97,7 +98,13 @@ enum Strategy {
 }
 
 impl Fetcher {
-    pub fn new(client: Client, bucket: &str, concurrency: usize, settings: FetchSettings) -> Self {
+    pub fn new(
+        client: Client,
+        bucket: &str,
+        concurrency: usize,
+        settings: FetchSettings,
+        committer: Committer,
+    ) -> Self {
         Fetcher {
             client,
             bucket: bucket.into(),
@@ -105,6 +112,7 @@ impl Fetcher {
             concurrency,
             settings,
             parts_unsupported: Arc::new(AtomicBool::new(false)),
+            committer,
         }
     }
 
@@ -513,8 +521,8 @@ impl Fetcher {
         obj: &ObjectInfo,
         target: &Path,
     ) -> Result<(), FetchError> {
-        let (size, mtime) = (obj.size, obj.last_modified);
-        blocking(move || staged.commit(size, mtime))
+        self.committer
+            .commit(staged, obj.size, obj.last_modified)
             .await
             .map_err(|e| local_error(target, "installing", e))
     }
