@@ -772,15 +772,36 @@ fn a_body_that_never_verifies_fails_by_key_and_keeps_the_old_copy() {
 }
 
 #[test]
-fn truncated_bodies_and_slowdown_are_retried() {
+fn truncated_and_reset_bodies_and_slowdown_are_retried() {
     let b = Bucket::new(Kind::Seaweed, "truncate");
     b.put("a.jpg", &bytes(2, 80_000));
     b.put("b.jpg", &bytes(3, 80_000));
     let s = Scratch::new();
     let proxy = Proxy::start(&b.endpoint);
-    proxy.arm(Fault::Truncate, 2, "a.jpg");
+    proxy.arm(Fault::Truncate, 1, "a.jpg");
     let r = backup_via(&proxy.endpoint, &b, &s, &["--concurrency", "1"]);
     assert_eq!(r.code(), 0, "{}", r.stderr());
+    assert_eq!(fs::read(s.dest.join("a.jpg")).unwrap(), bytes(2, 80_000));
+    let gets_of_a = |lines: Vec<String>| {
+        lines
+            .iter()
+            .filter(|l| l.starts_with("GET ") && l.contains("/a.jpg"))
+            .count()
+    };
+    assert_eq!(
+        gets_of_a(proxy.take()),
+        2,
+        "one truncated body, then a good one"
+    );
+    fs::remove_file(s.dest.join("a.jpg")).unwrap();
+    proxy.arm(Fault::Reset, 2, "a.jpg");
+    let r = backup_via(&proxy.endpoint, &b, &s, &["--concurrency", "1"]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    assert_eq!(
+        gets_of_a(proxy.take()),
+        3,
+        "two reset connections, then a good body"
+    );
     proxy.arm(Fault::SlowDown, 3, "b.jpg");
     fs::remove_file(s.dest.join("b.jpg")).unwrap();
     let r = backup_via(&proxy.endpoint, &b, &s, &[]);

@@ -407,6 +407,8 @@ pub enum Fault {
     FlipByte,
     /// Send half of the body, then close the connection.
     Truncate,
+    /// Send half of the body, then reset the connection (RST, not FIN).
+    Reset,
     /// Answer 503 SlowDown without asking the server.
     SlowDown,
     /// Answer 403 AccessDenied without asking the server.
@@ -577,7 +579,31 @@ fn serve_one(
             client.write_all(&resp[..hend + body_len / 2])?;
             client.shutdown(std::net::Shutdown::Both)
         }
+        Some(Fault::Reset) if body_len > 1 => {
+            client.write_all(&resp[..hend + body_len / 2])?;
+            reset(&client);
+            Ok(())
+        }
         _ => client.write_all(&resp),
+    }
+}
+
+/// Close with SO_LINGER 0, which makes the kernel send RST instead of FIN.
+fn reset(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket and a correctly sized option value.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
     }
 }
 
