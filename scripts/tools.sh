@@ -39,15 +39,32 @@ PY
   echo "$2 did not come up; its log:" >&2; tail -n 40 "$3" >&2; return 1
 }
 
+# free_ports N: N distinct unused TCP ports on 127.0.0.1.
+free_ports() {
+  python3 - "$1" <<'PY'
+import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+PY
+}
+
 # start_seaweed DIR PORT ACCESS_KEY SECRET_KEY: SeaweedFS on loopback only, its PID in $seaweed_pid.
 # -ip/-ip.bind keep every one of its ports on 127.0.0.1 and -master.telemetry=false keeps it from
-# calling out; the env credentials become its only S3 identity. Its other ports are its defaults (it
-# moves to free ones when they are taken), so run one at a time: stop_pid waits until it is gone.
+# calling out; the env credentials become its only S3 identity. Every internal port is chosen free
+# here: with weed's defaults, two servers on one machine would talk to each other's master.
 start_seaweed() {
   mkdir -p "$1"
+  local p
+  read -r -a p <<<"$(free_ports 10)"
   (cd "$1" && TMPDIR="$1" AWS_ACCESS_KEY_ID=$3 AWS_SECRET_ACCESS_KEY=$4 \
     exec weed -logdir="$1" mini -dir="$1" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false \
-    -s3.port="$2" -admin.ui=false >"$1.log" 2>&1) &
+    -s3.port="$2" -admin.ui=false -webdav=false -s3.port.iceberg=0 -s3.port.lance=0 \
+    -master.port="${p[0]}" -master.port.grpc="${p[1]}" -volume.port="${p[2]}" \
+    -volume.port.grpc="${p[3]}" -filer.port="${p[4]}" -filer.port.grpc="${p[5]}" \
+    -s3.port.grpc="${p[6]}" -admin.port="${p[7]}" -admin.port.grpc="${p[8]}" \
+    -debug.port="${p[9]}" >"$1.log" 2>&1) &
   seaweed_pid=$!
 }
 
@@ -59,8 +76,9 @@ stop_pid() {
   for i in $(seq 1 50); do
     alive=0
     for p in "$@"; do kill -0 "$p" 2>/dev/null && alive=1; done
-    [ "$alive" = 0 ] && return 0
+    [ "$alive" = 0 ] && break
     [ "$i" = 20 ] && for p in "$@"; do kill -9 "$p" 2>/dev/null || true; done
     sleep 0.1
   done
+  { wait "$@"; } 2>/dev/null || true
 }
