@@ -54,6 +54,11 @@ pub async fn run(
             e @ LockError::Held { .. } => RunError::Locked(e),
             e => RunError::Config(e.to_string()),
         })?;
+        // Probed under the lock and the in-progress marker, so that even a probe file left by a kill
+        // at this very moment is swept by the next run.
+        atomic::probe_writable(&dest).map_err(|e| {
+            RunError::Config(format!("destination {}: not writable: {e}", dest.display()))
+        })?;
         if g.previous_run_interrupted {
             let d = dest.clone();
             let removed = tokio::task::spawn_blocking(move || atomic::sweep_temp_files(&d))
@@ -252,8 +257,7 @@ fn listing_error(e: ListError) -> RunError {
     RunError::Config(e.to_string())
 }
 
-/// Create the destination (0700) when missing, resolve it, and prove it is writable before any
-/// network work; a dry run only resolves it.
+/// Create the destination (0700) when missing and resolve it; a dry run only resolves it.
 fn prepare_dest(dest: &Path, dry_run: bool) -> Result<PathBuf, RunError> {
     let err = |what: &str, e: io::Error| {
         RunError::Config(format!("destination {}: {what}: {e}", dest.display()))
@@ -275,6 +279,5 @@ fn prepare_dest(dest: &Path, dry_run: bool) -> Result<PathBuf, RunError> {
             dest.display()
         )));
     }
-    atomic::probe_writable(&dest).map_err(|e| err("not writable", e))?;
     Ok(dest)
 }

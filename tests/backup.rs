@@ -408,12 +408,14 @@ fn kill_9_mid_download_leaves_no_partial_file_and_rerun_converges() {
     let mut child = cmd.spawn().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let temp_seen = loop {
+        // The big object's temp file (sized up front for its parts), not the empty writability probe.
         let temp = fs::read_dir(&s.dest)
             .map(|d| {
                 d.filter_map(Result::ok).any(|e| {
                     e.file_name()
                         .to_string_lossy()
                         .starts_with(".s3backup.tmp.")
+                        && e.metadata().is_ok_and(|m| m.len() > 0)
                 })
             })
             .unwrap_or(false);
