@@ -276,22 +276,7 @@ impl Fetcher {
         let expected = Expected::from_response(&sums);
 
         let size = obj.size;
-        let staged = blocking({
-            let target = target.to_path_buf();
-            move || {
-                let s = Staged::create(&target)?;
-                s.file().set_len(size)?;
-                Ok(s)
-            }
-        })
-        .await
-        .map_err(|e| local_error(target, "creating temp file", e))?;
-        let file = Arc::new(
-            staged
-                .file()
-                .try_clone()
-                .map_err(|e| local_error(target, "opening temp file", e))?,
-        );
+        let (staged, file) = stage_sized(target, size).await?;
 
         let part = self.settings.part_size.max(1);
         let ranges = (0..size.div_ceil(part)).map(|i| (i * part, ((i + 1) * part).min(size)));
@@ -384,22 +369,7 @@ impl Fetcher {
         target: &Path,
     ) -> Result<Fetched, FetchError> {
         let size = obj.size;
-        let staged = blocking({
-            let target = target.to_path_buf();
-            move || {
-                let s = Staged::create(&target)?;
-                s.file().set_len(size)?;
-                Ok(s)
-            }
-        })
-        .await
-        .map_err(|e| local_error(target, "creating temp file", e))?;
-        let file = Arc::new(
-            staged
-                .file()
-                .try_clone()
-                .map_err(|e| local_error(target, "opening temp file", e))?,
-        );
+        let (staged, file) = stage_sized(target, size).await?;
         let mut parts: Vec<PartDone> = futures::stream::iter(1..=n)
             .map(|i| self.fetch_part(obj, i, file.clone()))
             .buffer_unordered(self.concurrency)
@@ -695,6 +665,26 @@ impl HasStatus for aws_sdk_s3::config::http::HttpResponse {
     fn status_code(&self) -> u16 {
         self.status().as_u16()
     }
+}
+
+/// A temp file for `target`, sized up front so parts can be written at their offsets from several
+/// tasks, and a shared handle on it for them.
+async fn stage_sized(target: &Path, size: u64) -> Result<(Staged, Arc<std::fs::File>), FetchError> {
+    let staged = blocking({
+        let target = target.to_path_buf();
+        move || {
+            let s = Staged::create(&target)?;
+            s.file().set_len(size)?;
+            Ok(s)
+        }
+    })
+    .await
+    .map_err(|e| local_error(target, "creating temp file", e))?;
+    let file = staged
+        .file()
+        .try_clone()
+        .map_err(|e| local_error(target, "opening temp file", e))?;
+    Ok((staged, Arc::new(file)))
 }
 
 /// Local write errors name the file they were for.
