@@ -330,36 +330,46 @@ impl Fetcher {
         start: u64,
         end: u64,
     ) -> Result<(), FetchError> {
-        let mut last = String::new();
-        for attempt in 0..ATTEMPTS {
-            if attempt > 0 {
-                tokio::time::sleep(self.backoff(attempt)).await;
+        let what = format!("bytes {start}-{}", end - 1);
+        self.retry_transient(&what, || {
+            let file = file.clone();
+            async move {
+                let _permit = self.requests.acquire().await.expect("never closed");
+                let resp = self
+                    .client
+                    .get_object()
+                    .bucket(&*self.bucket)
+                    .key(&obj.key)
+                    .range(format!("bytes={}-{}", start, end - 1))
+                    .set_if_match(etag.map(str::to_owned))
+                    .send()
+                    .await
+                    .map_err(classify)?;
+                write_range(resp.body, file, start, end, Hasher::None).await?;
+                Ok(())
             }
-            let _permit = self.requests.acquire().await.expect("never closed");
-            let resp = self
-                .client
-                .get_object()
-                .bucket(&*self.bucket)
-                .key(&obj.key)
-                .range(format!("bytes={}-{}", start, end - 1))
-                .set_if_match(etag.map(str::to_owned))
-                .send()
-                .await
-                .map_err(classify);
-            let result = match resp {
-                Ok(resp) => write_range(resp.body, file.clone(), start, end, Hasher::None).await,
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(_) => return Ok(()),
+        })
+        .await
+    }
+
+    /// Run `attempt` until it succeeds, fails for good, or has failed transiently `ATTEMPTS` times
+    /// (with backoff between tries); the last transient error is reported under `what`.
+    async fn retry_transient<T, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T, FetchError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, FetchError>>,
+    {
+        let mut last = String::new();
+        for n in 0..ATTEMPTS {
+            if n > 0 {
+                tokio::time::sleep(self.backoff(n)).await;
+            }
+            match attempt().await {
                 Err(FetchError::Transient(e)) => last = e,
-                Err(e) => return Err(e),
+                done => return done,
             }
         }
-        Err(FetchError::Transient(format!(
-            "bytes {start}-{}: {last}",
-            end - 1
-        )))
+        Err(FetchError::Transient(format!("{what}: {last}")))
     }
 
     async fn fetch_parts(
@@ -428,61 +438,49 @@ impl Fetcher {
         number: u32,
         file: Arc<std::fs::File>,
     ) -> Result<PartDone, FetchError> {
-        let mut last = String::new();
-        for attempt in 0..ATTEMPTS {
-            if attempt > 0 {
-                tokio::time::sleep(self.backoff(attempt)).await;
-            }
-            let _permit = self.requests.acquire().await.expect("never closed");
-            let resp = self
-                .client
-                .get_object()
-                .bucket(&*self.bucket)
-                .key(&obj.key)
-                .part_number(number as i32)
-                .set_if_match(obj.etag.clone())
-                .send()
-                .await;
-            let resp = match resp.map_err(classify) {
-                Ok(r) => r,
-                Err(FetchError::Transient(e)) => {
-                    last = e;
-                    continue;
+        self.retry_transient(&format!("part {number}"), || {
+            let file = file.clone();
+            async move {
+                let _permit = self.requests.acquire().await.expect("never closed");
+                let resp = self
+                    .client
+                    .get_object()
+                    .bucket(&*self.bucket)
+                    .key(&obj.key)
+                    .part_number(number as i32)
+                    .set_if_match(obj.etag.clone())
+                    .send()
+                    .await
+                    .map_err(classify)?;
+                let Some((start, end, total)) = resp.content_range().and_then(parse_content_range)
+                else {
+                    return Err(
+                        if number == 1 && resp.content_length() == Some(obj.size as i64) {
+                            FetchError::PartsUnsupported
+                        } else {
+                            FetchError::Transient(format!("part {number}: no usable Content-Range"))
+                        },
+                    );
+                };
+                if total != obj.size {
+                    return Err(FetchError::Changed);
                 }
-                Err(e) => return Err(e),
-            };
-            let Some((start, end, total)) = resp.content_range().and_then(parse_content_range)
-            else {
-                return Err(
-                    if number == 1 && resp.content_length() == Some(obj.size as i64) {
-                        FetchError::PartsUnsupported
-                    } else {
-                        FetchError::Transient(format!("part {number}: no usable Content-Range"))
-                    },
-                );
-            };
-            if total != obj.size {
-                return Err(FetchError::Changed);
+                let etag_not_md5 = resp
+                    .server_side_encryption()
+                    .is_some_and(|s| s.as_str().starts_with("aws:kms"))
+                    || resp.sse_customer_algorithm().is_some();
+                let md5 = Hasher::Md5(Md5::new());
+                let h = write_range(resp.body, file, start, end, md5).await?;
+                Ok(PartDone {
+                    number,
+                    start,
+                    end,
+                    md5: h.finish().unwrap_or_default(),
+                    etag_not_md5,
+                })
             }
-            let etag_not_md5 = resp
-                .server_side_encryption()
-                .is_some_and(|s| s.as_str().starts_with("aws:kms"))
-                || resp.sse_customer_algorithm().is_some();
-            match write_range(resp.body, file.clone(), start, end, Hasher::Md5(Md5::new())).await {
-                Ok(h) => {
-                    return Ok(PartDone {
-                        number,
-                        start,
-                        end,
-                        md5: h.finish().unwrap_or_default(),
-                        etag_not_md5,
-                    });
-                }
-                Err(FetchError::Transient(e)) => last = e,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(FetchError::Transient(format!("part {number}: {last}")))
+        })
+        .await
     }
 
     async fn commit(
