@@ -1094,10 +1094,13 @@ def replot(a):
 
 
 def pick_bin(arg):
+    # The static musl build first: it is the artifact the stack installs, so its figures are the ones that count.
     cands = [arg, os.environ.get("S3BACKUP_BIN"),
+             "/var/cache/s3backup-ci/target/x86_64-unknown-linux-musl/release/s3backup",
+             "/var/tmp/s3backup-ci/target/x86_64-unknown-linux-musl/release/s3backup",
+             os.path.join(HERE, "..", "target", "x86_64-unknown-linux-musl", "release", "s3backup"),
              "/var/cache/s3backup-ci/target/release/s3backup",
              "/var/tmp/s3backup-ci/target/release/s3backup",
-             "/var/cache/s3backup-ci/target/x86_64-unknown-linux-musl/release/s3backup",
              os.path.join(HERE, "..", "target", "release", "s3backup")]
     for c in cands:
         if c and os.access(c, os.X_OK):
