@@ -13,10 +13,10 @@ use tokio::task::JoinSet;
 
 use crate::atomic;
 use crate::config::Config;
-use crate::fetch::{FetchSettings, Fetched, Fetcher};
+use crate::fetch::{FetchSettings, Fetched, Fetcher, Target};
 use crate::listing::{self, ListError, ObjectInfo};
 use crate::lock::{LockError, RunGuard};
-use crate::plan::{self, Plan, Planner};
+use crate::plan::{Plan, Planner};
 use crate::report::{Failed, Refused, Report, human_bytes};
 
 /// Why a run could not start or go on at all (as opposed to per-object failures in the `Report`).
@@ -97,6 +97,7 @@ pub async fn run(
     );
     // Objects in flight (a few more than requests, so the next GET is ready while others fsync).
     let slots = Arc::new(Semaphore::new(config.concurrency * 2));
+    let dest_arc: Arc<Path> = dest.as_path().into();
     let mut tasks: JoinSet<(String, Result<Fetched, String>)> = JoinSet::new();
     let mut planner = Some(Planner::new(!config.dry_run));
     let mut first_page = true;
@@ -159,9 +160,9 @@ pub async fn run(
                 Plan::Fetch(rel) => {
                     let permit = slots.clone().acquire_owned().await.expect("never closed");
                     let fetcher = fetcher.clone();
-                    let dest = dest.clone();
+                    let target = Target::new(&dest_arc, &rel);
                     tasks.spawn(async move {
-                        let result = fetch_one(&fetcher, &dest, &rel, &obj).await;
+                        let result = fetcher.fetch(&obj, &target).await;
                         drop(permit);
                         (obj.key, result)
                     });
@@ -192,23 +193,6 @@ pub async fn run(
         }
     }
     Ok(report)
-}
-
-async fn fetch_one(
-    fetcher: &Fetcher,
-    dest: &Path,
-    rel: &Path,
-    obj: &ObjectInfo,
-) -> Result<Fetched, String> {
-    let target = dest.join(rel);
-    if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) {
-        let (d, p) = (dest.to_path_buf(), parent.to_path_buf());
-        tokio::task::spawn_blocking(move || plan::create_dirs(&d, &p))
-            .await
-            .expect("mkdir does not panic")
-            .map_err(|e| format!("creating directory {}: {e}", dest.join(parent).display()))?;
-    }
-    fetcher.fetch(obj, &target).await
 }
 
 fn record(

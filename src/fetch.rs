@@ -7,7 +7,7 @@
 
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -22,6 +22,7 @@ use tokio::sync::Semaphore;
 
 use crate::atomic::{Committer, Staged};
 use crate::listing::{self, ObjectInfo};
+use crate::plan;
 use crate::verify::{Expected, Hasher, ResponseChecksums};
 
 /// Attempts per object (and per part) for failures worth retrying: a cut or short body, a checksum
@@ -71,6 +72,45 @@ pub struct Fetched {
     pub bytes: u64,
     /// How the body was verified (`none` when S3 offered nothing to verify against).
     pub verified_with: &'static str,
+}
+
+/// Where one object goes: its final path under `dest`, whose folders are made when its temp file is.
+#[derive(Debug, Clone)]
+pub struct Target {
+    path: PathBuf,
+    dest: Arc<Path>,
+    rel: PathBuf,
+}
+
+impl Target {
+    /// `rel` as the planner mapped it (vetted: no `..`, no absolute part).
+    pub fn new(dest: &Arc<Path>, rel: &Path) -> Target {
+        Target {
+            path: dest.join(rel),
+            dest: dest.clone(),
+            rel: rel.to_path_buf(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The object's folders, then an exclusive temp file beside its final path. Blocking: one trip to
+    /// the blocking pool does both, and for a small object the write too (see `stream_to_file`).
+    fn stage(&self) -> io::Result<Staged> {
+        if let Some(parent) = self.rel.parent().filter(|p| !p.as_os_str().is_empty()) {
+            plan::create_dirs(&self.dest, parent).map_err(|e| {
+                let dir = self.dest.join(parent);
+                io::Error::new(
+                    e.kind(),
+                    format!("creating directory {}: {e}", dir.display()),
+                )
+            })?;
+        }
+        Staged::create(&self.path)
+            .map_err(|e| io::Error::new(e.kind(), format!("creating temp file: {e}")))
+    }
 }
 
 #[derive(Clone)]
@@ -130,8 +170,8 @@ impl Fetcher {
         }
     }
 
-    /// Download `obj` to `target` (whose directory exists), verified, atomically, with retries.
-    pub async fn fetch(&self, obj: &ObjectInfo, target: &Path) -> Result<Fetched, String> {
+    /// Download `obj` to `target`, verified, atomically, with retries.
+    pub async fn fetch(&self, obj: &ObjectInfo, target: &Target) -> Result<Fetched, String> {
         let mut obj = obj.clone();
         let mut last = String::new();
         for attempt in 0..ATTEMPTS {
@@ -187,14 +227,7 @@ impl Fetcher {
         base + jitter
     }
 
-    async fn fetch_whole(&self, obj: &ObjectInfo, target: &Path) -> Result<Fetched, FetchError> {
-        let staged = blocking({
-            let target = target.to_path_buf();
-            move || Staged::create(&target)
-        })
-        .await
-        .map_err(|e| local_error(target, "creating temp file", e))?;
-
+    async fn fetch_whole(&self, obj: &ObjectInfo, target: &Target) -> Result<Fetched, FetchError> {
         let _permit = self.requests.acquire().await.expect("never closed");
         let resp = self
             .client
@@ -223,7 +256,7 @@ impl Fetcher {
         }
         let expected = Expected::from_response(&sums);
         let hasher = expected.hasher();
-        let (staged, hasher, n) = stream_to_file(resp.body, staged, hasher, 0)
+        let (staged, hasher, n) = stream_to_file(resp.body, target, hasher)
             .await
             .map_err(|e| at_path(e, target))?;
         drop(_permit);
@@ -243,7 +276,7 @@ impl Fetcher {
         })
     }
 
-    async fn fetch_ranged(&self, obj: &ObjectInfo, target: &Path) -> Result<Fetched, FetchError> {
+    async fn fetch_ranged(&self, obj: &ObjectInfo, target: &Target) -> Result<Fetched, FetchError> {
         let head = {
             let _permit = self.requests.acquire().await.expect("never closed");
             self.client
@@ -376,7 +409,7 @@ impl Fetcher {
         &self,
         obj: &ObjectInfo,
         n: u32,
-        target: &Path,
+        target: &Target,
     ) -> Result<Fetched, FetchError> {
         let size = obj.size;
         let (staged, file) = stage_sized(target, size).await?;
@@ -487,7 +520,7 @@ impl Fetcher {
         &self,
         staged: Staged,
         obj: &ObjectInfo,
-        target: &Path,
+        target: &Target,
     ) -> Result<(), FetchError> {
         self.committer
             .commit(staged, obj.size, obj.last_modified)
@@ -529,16 +562,20 @@ fn ask_for_checksums(req: &mut aws_sdk_s3::config::http::HttpRequest) {
     req.headers_mut().insert("x-amz-checksum-mode", "ENABLED");
 }
 
-/// Stream `body` into the staged file (appending), hashing as it goes. Returns the byte count.
+/// Stream `body` into a temp file for `target`, hashing as it goes. Returns the byte count.
+///
+/// The temp file (and the object's folders) are made at the first write, in the same trip to the
+/// blocking pool: a body that fits in one `WRITE_BATCH` (most photos) costs one trip in all.
 async fn stream_to_file(
     mut body: ByteStream,
-    staged: Staged,
+    target: &Target,
     hasher: Hasher,
-    mut n: u64,
 ) -> Result<(Staged, Hasher, u64), FetchError> {
-    let mut state = Some((staged, hasher));
+    let mut staged: Option<Staged> = None;
+    let mut hasher = Some(hasher);
     let mut pending: Vec<Bytes> = Vec::new();
     let mut pending_len = 0;
+    let mut n = 0u64;
     loop {
         let chunk = body.try_next().await.map_err(|e| {
             FetchError::Transient(format!("reading body: {}", DisplayErrorContext(&e)))
@@ -549,25 +586,30 @@ async fn stream_to_file(
             n += c.len() as u64;
             pending.push(c);
         }
-        if pending_len >= WRITE_BATCH || (done && pending_len > 0) {
-            let (staged, mut hasher) = state.take().expect("restored below");
+        if pending_len >= WRITE_BATCH || (done && (pending_len > 0 || staged.is_none())) {
+            let (s, mut h) = (staged.take(), hasher.take().expect("restored below"));
+            let t = target.clone();
             let batch = std::mem::take(&mut pending);
             pending_len = 0;
-            let restored = blocking(move || {
-                let mut f = staged.file();
+            let (s, h) = blocking(move || {
+                let s = match s {
+                    Some(s) => s,
+                    None => t.stage()?,
+                };
+                let mut f = s.file();
                 for b in &batch {
-                    f.write_all(b)?;
-                    hasher.update(b);
+                    f.write_all(b)
+                        .map_err(|e| io::Error::new(e.kind(), format!("writing temp file: {e}")))?;
+                    h.update(b);
                 }
-                Ok((staged, hasher))
+                Ok((s, h))
             })
             .await
-            .map_err(|e| FetchError::Permanent(format!("writing temp file: {e}")))?;
-            state = Some(restored);
+            .map_err(|e| FetchError::Permanent(e.to_string()))?;
+            (staged, hasher) = (Some(s), Some(h));
         }
         if done {
-            let (staged, hasher) = state.expect("present");
-            return Ok((staged, hasher, n));
+            return Ok((staged.expect("made above"), hasher.expect("present"), n));
         }
     }
 }
@@ -667,17 +709,20 @@ impl HasStatus for aws_sdk_s3::config::http::HttpResponse {
 
 /// A temp file for `target`, sized up front so parts can be written at their offsets from several
 /// tasks, and a shared handle on it for them.
-async fn stage_sized(target: &Path, size: u64) -> Result<(Staged, Arc<std::fs::File>), FetchError> {
+async fn stage_sized(
+    target: &Target,
+    size: u64,
+) -> Result<(Staged, Arc<std::fs::File>), FetchError> {
     let staged = blocking({
-        let target = target.to_path_buf();
+        let target = target.clone();
         move || {
-            let s = Staged::create(&target)?;
+            let s = target.stage()?;
             s.file().set_len(size)?;
             Ok(s)
         }
     })
     .await
-    .map_err(|e| local_error(target, "creating temp file", e))?;
+    .map_err(|e| at_path(FetchError::Permanent(e.to_string()), target))?;
     let file = staged
         .file()
         .try_clone()
@@ -686,17 +731,17 @@ async fn stage_sized(target: &Path, size: u64) -> Result<(Staged, Arc<std::fs::F
 }
 
 /// Local write errors name the file they were for.
-fn at_path(e: FetchError, target: &Path) -> FetchError {
+fn at_path(e: FetchError, target: &Target) -> FetchError {
     match e {
         FetchError::Permanent(m) => {
-            FetchError::Permanent(format!("{m} (for {})", target.display()))
+            FetchError::Permanent(format!("{m} (for {})", target.path.display()))
         }
         e => e,
     }
 }
 
-fn local_error(target: &Path, what: &str, e: io::Error) -> FetchError {
-    FetchError::Permanent(format!("{what} for {}: {e}", target.display()))
+fn local_error(target: &Target, what: &str, e: io::Error) -> FetchError {
+    FetchError::Permanent(format!("{what} for {}: {e}", target.path.display()))
 }
 
 /// Run blocking file work on tokio's blocking pool, off the reactor threads.

@@ -213,6 +213,8 @@ fn folder_markers_become_directories_and_never_count_as_downloads() {
     b.put("empty/", b"");
     b.put("nested/deeper/", b"");
     b.put("nested/deeper/file.jpg", b"x");
+    // A zero-byte object that is not a marker: a file, whose temp file is made with no body to write.
+    b.put("zero/bytes.bin", b"");
     let s = Scratch::new();
     let r = backup(&b, &s, &[]);
     assert_eq!(r.code(), 0, "{}", r.stderr());
@@ -223,10 +225,13 @@ fn folder_markers_become_directories_and_never_count_as_downloads() {
             j["downloaded"].as_u64(),
             j["folders"].as_u64()
         ),
-        (Some(3), Some(1), Some(2))
+        (Some(4), Some(2), Some(2))
     );
     assert!(s.dest.join("empty").is_dir());
     assert!(s.dest.join("nested/deeper").is_dir());
+    let zero = std::fs::metadata(s.dest.join("zero/bytes.bin")).unwrap();
+    assert!(zero.is_file() && zero.len() == 0);
+    assert_eq!(tree(&s.dest).len(), 2, "two files, no temp file left");
 }
 
 #[test]
