@@ -113,15 +113,7 @@ impl Bucket {
     }
 
     pub fn put(&self, key: &str, body: &[u8]) {
-        rt().block_on(
-            self.client
-                .put_object()
-                .bucket(&self.name)
-                .key(key)
-                .body(ByteStream::from(body.to_vec()))
-                .send(),
-        )
-        .unwrap_or_else(|e| panic!("put {key:?}: {}", aws_sdk_s3::error::DisplayErrorContext(e)));
+        self.put_with(&self.client, key, body);
     }
 
     /// A single PUT without any flexible checksum, so the server has only the MD5 ETag to offer.
@@ -133,8 +125,12 @@ impl Bucket {
             .to_builder()
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .build();
+        self.put_with(&Client::from_conf(conf), key, body);
+    }
+
+    fn put_with(&self, client: &Client, key: &str, body: &[u8]) {
         rt().block_on(
-            Client::from_conf(conf)
+            client
                 .put_object()
                 .bucket(&self.name)
                 .key(key)
