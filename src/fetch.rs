@@ -17,13 +17,13 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use md5::{Digest, Md5};
+use md5_many::Md5State;
 use tokio::sync::Semaphore;
 
 use crate::atomic::{Committer, Staged};
 use crate::listing::{self, ObjectInfo};
 use crate::plan;
-use crate::verify::{Expected, Hasher, ResponseChecksums};
+use crate::verify::{self, Expected, Hasher, ResponseChecksums};
 
 /// Attempts per object (and per part) for failures worth retrying: a cut or short body, a checksum
 /// mismatch, a 5xx that outlived the SDK's own retries.
@@ -378,7 +378,7 @@ impl Fetcher {
                     .send()
                     .await
                     .map_err(classify)?;
-                write_range(resp.body, file, start, end, Hasher::None).await?;
+                write_range(resp.body, file, start, end).await?;
                 Ok(())
             }
         })
@@ -419,7 +419,6 @@ impl Fetcher {
             .try_collect()
             .await
             .map_err(|e| at_path(e, target))?;
-        drop(file);
         parts.sort_by_key(|p| p.number);
         let mut at = 0;
         for p in &parts {
@@ -440,9 +439,14 @@ impl Fetcher {
         let verified_with = if parts.iter().any(|p| p.etag_not_md5) {
             "none"
         } else {
-            let mut outer = Md5::new();
-            for p in &parts {
-                outer.update(&p.md5);
+            // Hashed once all parts are in, so that they can share SIMD lanes (see `md5_of_ranges`).
+            let ranges: Vec<(u64, u64)> = parts.iter().map(|p| (p.start, p.end)).collect();
+            let part_md5s = blocking(move || verify::md5_of_ranges(&file, &ranges))
+                .await
+                .map_err(|e| local_error(target, "reading temp file back", e))?;
+            let mut outer = Md5State::new();
+            for m in &part_md5s {
+                outer.update(m);
             }
             let want = obj
                 .etag
@@ -502,13 +506,11 @@ impl Fetcher {
                     .server_side_encryption()
                     .is_some_and(|s| s.as_str().starts_with("aws:kms"))
                     || resp.sse_customer_algorithm().is_some();
-                let md5 = Hasher::Md5(Md5::new());
-                let h = write_range(resp.body, file, start, end, md5).await?;
+                write_range(resp.body, file, start, end).await?;
                 Ok(PartDone {
                     number,
                     start,
                     end,
-                    md5: h.finish().unwrap_or_default(),
                     etag_not_md5,
                 })
             }
@@ -533,7 +535,6 @@ struct PartDone {
     number: u32,
     start: u64,
     end: u64,
-    md5: Vec<u8>,
     etag_not_md5: bool,
 }
 
@@ -614,15 +615,13 @@ async fn stream_to_file(
     }
 }
 
-/// Write `body` at `start..end` of `file`, hashing it in order. Returns the hasher.
+/// Write `body` at `start..end` of `file`.
 async fn write_range(
     mut body: ByteStream,
     file: Arc<std::fs::File>,
     start: u64,
     end: u64,
-    hasher: Hasher,
-) -> Result<Hasher, FetchError> {
-    let mut hasher = Some(hasher);
+) -> Result<(), FetchError> {
     let mut at = start;
     let mut pending: Vec<Bytes> = Vec::new();
     let mut pending_len = 0;
@@ -647,20 +646,16 @@ async fn write_range(
             let offset = at;
             at += pending_len as u64;
             pending_len = 0;
-            let mut h = hasher.take().expect("restored below");
-            hasher = Some(
-                blocking(move || {
-                    let mut off = offset;
-                    for b in &batch {
-                        f.write_all_at(b, off)?;
-                        h.update(b);
-                        off += b.len() as u64;
-                    }
-                    Ok(h)
-                })
-                .await
-                .map_err(|e| FetchError::Permanent(format!("writing temp file: {e}")))?,
-            );
+            blocking(move || {
+                let mut off = offset;
+                for b in &batch {
+                    f.write_all_at(b, off)?;
+                    off += b.len() as u64;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| FetchError::Permanent(format!("writing temp file: {e}")))?;
         }
         if done {
             if at != end {
@@ -670,7 +665,7 @@ async fn write_range(
                     at - start
                 )));
             }
-            return Ok(hasher.expect("present"));
+            return Ok(());
         }
     }
 }

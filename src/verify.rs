@@ -8,7 +8,10 @@ use aws_smithy_checksums::ChecksumAlgorithm;
 use aws_smithy_checksums::http::HttpChecksum;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use md5::{Digest, Md5};
+use md5_many::{Md5Many, Md5State};
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
 
 /// The checksum headers of a GET/HEAD response, as S3 sends them (base64, maybe `-N` composite).
 #[derive(Debug, Default, Clone)]
@@ -83,7 +86,7 @@ impl Expected {
                     .expect("known algorithm names")
                     .into_impl(),
             ),
-            Expected::Md5(_) => Hasher::Md5(Md5::new()),
+            Expected::Md5(_) => Hasher::Md5(Md5State::new()),
             Expected::None => Hasher::None,
         }
     }
@@ -116,7 +119,7 @@ pub struct Mismatch {
 #[allow(clippy::large_enum_variant)] // one per request in flight; boxing buys nothing
 pub enum Hasher {
     Smithy(Box<dyn HttpChecksum>),
-    Md5(Md5),
+    Md5(Md5State),
     None,
 }
 
@@ -136,6 +139,47 @@ impl Hasher {
             Hasher::None => None,
         }
     }
+}
+
+/// The MD5 of each `start..end` range of `file` (the parts of a multipart object, for its ETag).
+///
+/// One MD5 stream cannot use SIMD (every block depends on the one before), but independent streams
+/// can share the lanes of one: hashed 16 at a time, parts go ~7x faster than one after another on
+/// AVX2 (bench/README.md). Reading them back costs a copy from the page cache, and checks what will
+/// be installed rather than what arrived.
+pub fn md5_of_ranges(file: &File, ranges: &[(u64, u64)]) -> io::Result<Vec<[u8; 16]>> {
+    const LANES: usize = 16;
+    const CHUNK: usize = 64 * 1024;
+    let engine = Md5Many::new();
+    let mut digests = vec![[0u8; 16]; ranges.len()];
+    // Even groups: 17 parts hash as 9 + 8 rather than 16 + a lone 1 at the scalar rate.
+    let groups = ranges.len().div_ceil(LANES).max(1);
+    let per_group = ranges.len().div_ceil(groups).max(1);
+    let mut buf = vec![0u8; per_group * CHUNK];
+    for (group, out) in ranges.chunks(per_group).zip(digests.chunks_mut(per_group)) {
+        let mut states = vec![Md5State::new(); group.len()];
+        let mut at: Vec<u64> = group.iter().map(|r| r.0).collect();
+        loop {
+            let mut lens = Vec::with_capacity(group.len());
+            for (i, (&(_, end), pos)) in group.iter().zip(&mut at).enumerate() {
+                let n = (end.saturating_sub(*pos)).min(CHUNK as u64) as usize;
+                file.read_exact_at(&mut buf[i * CHUNK..i * CHUNK + n], *pos)?;
+                *pos += n as u64;
+                lens.push(n);
+            }
+            if lens.iter().all(|&n| n == 0) {
+                break;
+            }
+            let inputs: Vec<&[u8]> = lens
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| &buf[i * CHUNK..i * CHUNK + n])
+                .collect();
+            engine.update_many(&mut states, &inputs);
+        }
+        engine.finalize_many(&states, out);
+    }
+    Ok(digests)
 }
 
 /// `"<32 hex>"` → the 16 bytes; multipart (`-N`) and anything else → `None`.
@@ -221,6 +265,63 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(Expected::from_response(&sse_s3).describe(), "md5 (etag)");
+    }
+
+    /// md5-many is a pre-release: check the multi-buffer path against md-5 on the shapes it meets
+    /// (one part, many, uneven, empty, a block boundary either side, more parts than lanes).
+    #[test]
+    fn md5_of_ranges_matches_md5_of_each_range() {
+        use md5::Digest;
+        let mut rng = fastrand::Rng::with_seed(7);
+        let data: Vec<u8> = (0..3_000_000).map(|_| rng.u8(..)).collect();
+        let mut f = tempfile::tempfile().unwrap();
+        io::Write::write_all(&mut f, &data).unwrap();
+        let mut shapes: Vec<Vec<usize>> = vec![
+            vec![0],
+            vec![1],
+            vec![63, 64, 65],
+            vec![200_000; 8],
+            [vec![150_000; 7], vec![55_555]].concat(),
+            vec![70_001; 17],
+            vec![40_000; 40],
+        ];
+        for _ in 0..20 {
+            let n = rng.usize(1..40);
+            shapes.push((0..n).map(|_| rng.usize(0..70_000)).collect());
+        }
+        for lens in shapes {
+            let mut ranges = vec![];
+            let mut at = 0u64;
+            for len in &lens {
+                ranges.push((at, at + *len as u64));
+                at += *len as u64;
+            }
+            let got = md5_of_ranges(&f, &ranges).unwrap();
+            let want: Vec<[u8; 16]> = ranges
+                .iter()
+                .map(|&(a, b)| md5::Md5::digest(&data[a as usize..b as usize]).into())
+                .collect();
+            assert_eq!(got, want, "part lengths {lens:?}");
+        }
+        let err = md5_of_ranges(&f, &[(0, data.len() as u64 + 1)]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn streaming_md5_matches_md5_in_any_chunking() {
+        use md5::Digest;
+        let mut rng = fastrand::Rng::with_seed(8);
+        let data: Vec<u8> = (0..200_000).map(|_| rng.u8(..)).collect();
+        for _ in 0..20 {
+            let mut h = Expected::Md5(vec![]).hasher();
+            let mut rest = &data[..];
+            while !rest.is_empty() {
+                let (a, b) = rest.split_at(rng.usize(0..=rest.len().min(9000)));
+                h.update(a);
+                rest = b;
+            }
+            assert_eq!(h.finish().unwrap(), md5::Md5::digest(&data).to_vec());
+        }
     }
 
     #[test]
