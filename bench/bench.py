@@ -36,7 +36,7 @@ import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ORDER = ["s3backup", "aws1", "aws1x", "aws2", "rclone", "s5cp", "s5sync", "naive", "ceiling", "ceiling-ranged",
-         "ceiling-s5", "floor"]
+         "ceiling-s5", "ceiling-durable", "floor"]
 SHORT = {"s3backup": "s3backup", "aws1": "aws v1 sync", "aws1x": "aws v1 sync\n--exact-timestamps",
          "aws2": "aws v2 sync", "rclone": "rclone copy", "s5cp": "s5cmd cp", "s5sync": "s5cmd sync",
          "naive": "boto3 naive"}
@@ -425,7 +425,8 @@ class Bench:
 
     def curl_config(self, bucket, keys, out_root, size_of=None, range_bytes=None):
         """A curl -K file fetching keys (or their byte ranges) with SigV4, each into out_root."""
-        path = os.path.join(self.work, f"curl-{bucket}-{len(keys)}-{'r' if range_bytes else 'w'}.cfg")
+        tag = hashlib.sha256(out_root.encode()).hexdigest()[:8]
+        path = os.path.join(self.work, f"curl-{bucket}-{len(keys)}-{'r' if range_bytes else 'w'}-{tag}.cfg")
         auth = (f'aws-sigv4 = "aws:amz:{REGION}:s3"\nuser = "{ACCESS_KEY}:{SECRET_KEY}"\n'
                 "fail\ncreate-dirs\nsilent\nshow-error\n")
         groups = []
@@ -534,12 +535,17 @@ class Bench:
     # ---- scenarios
 
     def run_full(self, scenario, bucket, expected, size_of, tools, keep_last=False, ranged=False, timeout=None,
-                 peer_reps=None):
-        """A fresh destination per run; the ceilings are curl -Z and s5cmd cp straight into tmpfs."""
+                 peer_reps=None, durable=False):
+        """A fresh destination per run; the ceilings are curl -Z and s5cmd cp straight into tmpfs, and (durable)
+        curl -Z into the destinations' file system followed by one syncfs: the same download made durable the
+        simple way (a reference for what durability costs on this disk, not a bound)."""
         timeout = timeout or self.args.timeout
         kept = {}
         skip = set()
-        names = list(tools) + ["ceiling", "ceiling-s5"] + (["ceiling-ranged"] if ranged else [])
+        names = (list(tools) + ["ceiling", "ceiling-s5"] + (["ceiling-ranged"] if ranged else [])
+                 + (["ceiling-durable"] if durable else []))
+        durable_out = os.path.join(self.dest_root, f"{scenario}-ceiling-durable")
+        cfg_d = self.curl_config(bucket, sorted(expected), durable_out) if durable else None
         cfg = self.curl_config(bucket, sorted(expected), os.path.join(self.shm, "ceiling"))
         cfg_r = (self.curl_config(bucket, sorted(expected), os.path.join(self.shm, "ceiling"), size_of,
                                   self.args.part_size * MIB) if ranged else None)
@@ -547,7 +553,14 @@ class Bench:
             for name in self.rotated(names, rep):
                 if name in skip or (peer_reps and name != "s3backup" and rep > peer_reps):
                     continue
-                if name.startswith("ceiling"):
+                if name == "ceiling-durable":
+                    rm(durable_out)
+                    argv = ["sh", "-c", '"$@" && exec sync -f "$DURABLE_OUT"', "sh"] + self.curl_argv(cfg_d)
+                    env = dict(self.env(self.endpoint), DURABLE_OUT=durable_out)
+                    r = self.measure(scenario, name, rep, argv, env, timeout)
+                    self.check(r, durable_out, expected)
+                    rm(durable_out)
+                elif name.startswith("ceiling"):
                     out = os.path.join(self.shm, "ceiling")
                     rm(out)
                     argv = {"ceiling": lambda: self.curl_argv(cfg), "ceiling-ranged": lambda: self.curl_argv(cfg_r),
@@ -704,7 +717,8 @@ class Bench:
             baselines = {}
             if "A" in only:
                 print("== A: full backup", flush=True)
-                baselines = self.run_full("A", "bench-a", expected_a, items, full, keep_last="C" in only)
+                baselines = self.run_full("A", "bench-a", expected_a, items, full, keep_last="C" in only,
+                                          durable=True)
             if "C" in only:
                 print("== C: no-op re-run", flush=True)
                 self.scenario_c("bench-a", dict(expected_a), baselines, incr)
@@ -722,7 +736,7 @@ class Bench:
                                    "what": f"{a.b_objects} objects of {a.b_size_mib} MiB, multipart "
                                            f"({a.part_size} MiB parts, ETag -{'/'.join(parts)}), full backup"}
             print("== B: full backup", flush=True)
-            self.run_full("B", "bench-b", expected_b, items, full, ranged=True)
+            self.run_full("B", "bench-b", expected_b, items, full, ranged=True, durable=True)
         if "M" in only:
             print("== M: seeding", flush=True)
             items = {key_name(i): a.m_size for i in range(a.m_objects)}
@@ -787,6 +801,7 @@ class Bench:
         labels.update({"ceiling": "ceiling: curl -Z whole objects -> tmpfs",
                        "ceiling-ranged": f"ceiling: curl -Z {a.part_size} MiB ranges -> tmpfs",
                        "ceiling-s5": "ceiling: s5cmd cp -> tmpfs",
+                       "ceiling-durable": "reference: curl -Z whole objects -> destination fs, then sync -f",
                        "floor": "floor: list only (s5cmd ls)"})
         rows = []
         for scen in ["A", "B", "C", "D", "M"]:
@@ -796,8 +811,9 @@ class Bench:
             timed = {n: [r for r in self.runs if r.scenario == scen and r.tool == n and not r.counted] for n in names}
             counted = {n: [r for r in self.runs if r.scenario == scen and r.tool == n and r.counted] for n in names}
             ceil = [n for n in names if n.startswith("ceiling") or n == "floor"]
-            ceil_med = [summarize([r.wall for r in timed[n]])[1] for n in ceil]
+            ceil_med = [summarize([r.wall for r in timed[n]])[1] for n in ceil if n != "ceiling-durable"]
             ceil_med = min([c for c in ceil_med if c], default=None)
+            durable_med = summarize([r.wall for r in timed.get("ceiling-durable", [])])[1]
             for n in names:
                 rs = timed[n]
                 wmin, wmed = summarize([r.wall for r in rs])
@@ -809,6 +825,8 @@ class Bench:
                     "scenario": scen, "tool": n, "label": labels.get(n, n), "reps": len(rs),
                     "wall_min_s": wmin, "wall_median_s": wmed,
                     "ratio_to_ceiling": (wmed / ceil_med) if (wmed and ceil_med and n not in ceil) else None,
+                    "ratio_to_durable_ceiling": ((wmed / durable_med) if (wmed and durable_med and n not in ceil)
+                                                 else None),
                     "cpu_median_s": cmed,
                     "cpu_s_per_gib": (cmed / gib) if (cmed is not None and gib and scen in "AB"
                                                       and n not in ceil) else None,
@@ -832,6 +850,7 @@ class Bench:
 
     def write_csv(self, rows):
         cols = ["scenario", "tool", "label", "reps", "wall_min_s", "wall_median_s", "ratio_to_ceiling",
+                "ratio_to_durable_ceiling",
                 "cpu_median_s", "cpu_s_per_gib", "maxrss_median_mib", "maxrss_max_mib", "correct", "timeouts",
                 "req_get", "req_head", "req_list", "req_other", "keys_fetched", "fetched_exactly_changed",
                 "details", "notes"]
@@ -875,7 +894,11 @@ class Bench:
                    f"the same run: curl -Z with {a.parallel} parallel transfers of the known key list (no "
                    f"listing), s5cmd cp (lists), and for B also curl on {a.part_size} MiB ranges, all into tmpfs. "
                    "`× floor` (C, D) = over listing the bucket alone (s5cmd ls), plus in D curl of just the "
-                   "changed keys. `CPU s/GiB` = (user+sys) / GiB that landed in the destination.\n")
+                   "changed keys. `× curl+sync` (A, B) = over curl -Z of the same objects into the "
+                   "destinations' file system followed by `sync -f` (one syncfs): the same download made durable "
+                   "the simple way, a reference for the cost of durability on this disk (a tool that overlaps "
+                   "its syncs with its downloads can beat it, so it is not a ceiling and not part of `× ceiling`). "
+                   "`CPU s/GiB` = (user+sys) / GiB that landed in the destination.\n")
         for scen in ["A", "B", "C", "D", "M"]:
             if scen not in self.scen_info:
                 continue
@@ -884,12 +907,13 @@ class Bench:
             out.append(f"## {scen}: {info['what']}\n")
             if scen in "AB":
                 out.append(f"{info['objects']} objects, {info['bytes'] / MIB:.1f} MiB; fresh destination each run.\n")
-                out.append("| tool | wall min s | wall median s | × ceiling | CPU s (median) | CPU s/GiB | "
-                           "max RSS MiB | correct | notes |")
-                out.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |")
+                out.append("| tool | wall min s | wall median s | × ceiling | × curl+sync | CPU s (median) | "
+                           "CPU s/GiB | max RSS MiB | correct | notes |")
+                out.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |")
                 for r in srows:
                     out.append(f"| {r['label']} | {f2(r['wall_min_s'])} | {f2(r['wall_median_s'])} | "
-                               f"{f2(r['ratio_to_ceiling'])} | {f2(r['cpu_median_s'])} | {f2(r['cpu_s_per_gib'], 1)} | "
+                               f"{f2(r['ratio_to_ceiling'])} | {f2(r.get('ratio_to_durable_ceiling'))} | "
+                               f"{f2(r['cpu_median_s'])} | {f2(r['cpu_s_per_gib'], 1)} | "
                                f"{f2(r['maxrss_median_mib'], 1)} | {self.yes(r)} | {self.notes(r)} |")
             elif scen in "CD":
                 if scen == "C":
@@ -952,7 +976,9 @@ class Bench:
             lines.append(f"- {scen}: faster than every peer: {met(me['wall_median_s'] < best['wall_median_s'])} "
                          f"({me['wall_median_s']:.2f}s vs {best['label']} {best['wall_median_s']:.2f}s); within 1.3× "
                          f"of the ceiling: {met((me['ratio_to_ceiling'] or 99) <= 1.3)} "
-                         f"({me['ratio_to_ceiling'] or float('nan'):.2f}×)")
+                         f"({me['ratio_to_ceiling'] or float('nan'):.2f}×)"
+                         + (f" (for reference: {me['ratio_to_durable_ceiling']:.2f}× of curl then sync -f on the "
+                            "destination disk)" if me.get("ratio_to_durable_ceiling") else ""))
             cpu = [r["cpu_s_per_gib"] for r in ps if r["cpu_s_per_gib"] is not None]
             if me["cpu_s_per_gib"] is not None and cpu:
                 lines.append(f"- {scen}: CPU s/GiB no higher than any peer's: {met(me['cpu_s_per_gib'] <= min(cpu))} "
