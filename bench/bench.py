@@ -27,7 +27,6 @@ import signal
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -301,7 +300,7 @@ class Bench:
             try:
                 self.s3.create_bucket(Bucket=name)
                 return
-            except Exception as e:  # the filer may still be starting
+            except Exception:  # the filer may still be starting
                 if i == 99:
                     raise
                 time.sleep(0.2)
@@ -1075,7 +1074,7 @@ class Bench:
             ax.invert_yaxis()
             ax.axvline(64, color="tab:red", lw=0.8, ls="--")
             m_objects = self.scen_info.get("M", {}).get("objects")
-            ax.set_title(f"M: max RSS MiB" + (f", {m_objects} objects" if m_objects else ""), fontsize=9)
+            ax.set_title("M: max RSS MiB" + (f", {m_objects} objects" if m_objects else ""), fontsize=9)
             for i, v in enumerate(vals):
                 ax.text(v, i, f" {v:.0f}", va="center", fontsize=7)
         fig.suptitle(f"s3backup vs. peers, same SeaweedFS, same run ({'small' if self.args.small else 'full'} "
