@@ -4,14 +4,15 @@
 //! else the ETag when it is a plain MD5 of the body (single-part upload, not SSE-KMS or SSE-C), else
 //! nothing (the byte count is still checked, and the object is counted as unverified).
 
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
 use aws_smithy_checksums::ChecksumAlgorithm;
 use aws_smithy_checksums::http::HttpChecksum;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use md5_many::{Md5Many, Md5State};
-use std::fs::File;
-use std::io;
-use std::os::unix::fs::FileExt;
 
 /// The checksum headers of a GET/HEAD response, as S3 sends them (base64, maybe `-N` composite).
 #[derive(Debug, Default, Clone)]
@@ -144,8 +145,8 @@ impl Hasher {
 /// The MD5 of each `start..end` range of `file` (the parts of a multipart object, for its ETag).
 ///
 /// One MD5 stream cannot use SIMD (every block depends on the one before), but independent streams
-/// can share the lanes of one: hashed 16 at a time, parts go ~7x faster than one after another on
-/// AVX2 (bench/README.md). Reading them back costs a copy from the page cache, and checks what will
+/// can share the lanes of one: 8 to 16 at a time, parts hash 5-8x faster than one after another on
+/// AVX2 (bench/README.md); fewer than 8 gain little. Reading them back costs a copy from the page cache, and checks what will
 /// be installed rather than what arrived.
 pub fn md5_of_ranges(file: &File, ranges: &[(u64, u64)]) -> io::Result<Vec<[u8; 16]>> {
     const LANES: usize = 16;
