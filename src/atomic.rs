@@ -2,6 +2,9 @@
 //! durable → rename over the target → directory durable (per file, or batched by `Committer`). Also the
 //! sweep of temp files a killed run left.
 //!
+//! `Committer` also checks the MD5s that downloads leave to it: a batch is where many small files meet,
+//! so their digests can share the SIMD lanes of one hasher (`verify::md5_of_ranges`).
+//!
 //! A final path only ever holds a complete, verified file: until `commit`, the bytes live under a
 //! `.s3backup.tmp.*` name (fixed length, so a 255-byte target name still fits), which `Drop` removes.
 
@@ -16,6 +19,7 @@ use tempfile::NamedTempFile;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::keypath::TEMP_PREFIX;
+use crate::verify::{self, Expected, Mismatch};
 
 /// A temp file next to its final path.
 pub struct Staged {
@@ -75,6 +79,16 @@ impl Staged {
     }
 }
 
+/// Why a commit failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// The file does not hash to the MD5 S3 gave for it: worth downloading again.
+    #[error(transparent)]
+    Mismatch(#[from] Mismatch),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
 /// Commits staged files in batches, keeping the order that makes them crash-safe (data durable before
 /// the rename, the rename durable before success is reported) while paying for durability once per
 /// batch: one `syncfs` per file system for all the files' data, one fsync per directory for all the
@@ -88,7 +102,9 @@ struct Job {
     staged: Staged,
     len: u64,
     mtime: Option<SystemTime>,
-    done: oneshot::Sender<io::Result<()>>,
+    /// The MD5 the file must hash to, checked before it is made durable.
+    md5: Option<Vec<u8>>,
+    done: oneshot::Sender<Result<(), CommitError>>,
 }
 
 impl Committer {
@@ -96,6 +112,8 @@ impl Committer {
     pub fn spawn(max: usize, window: Duration) -> Committer {
         let (tx, mut rx) = mpsc::channel::<Job>(max * 2);
         tokio::spawn(async move {
+            // Kept across batches: a fresh MiB for every batch would cost its page faults each time.
+            let mut scratch = Vec::new();
             while let Some(first) = rx.recv().await {
                 let mut batch = vec![first];
                 let deadline = tokio::time::Instant::now() + window;
@@ -106,47 +124,83 @@ impl Committer {
                     }
                 }
                 // A panic here would leave the jobs' senders dropped: their callers see an error.
-                let _ = tokio::task::spawn_blocking(move || commit_batch(batch)).await;
+                let done = tokio::task::spawn_blocking(move || {
+                    commit_batch(batch, &mut scratch);
+                    scratch
+                });
+                scratch = done.await.unwrap_or_default();
             }
         });
         Committer { tx }
     }
 
+    /// Install `staged` once it is `len` bytes long, its mtime set, and (when given) its MD5 checked.
     pub async fn commit(
         &self,
         staged: Staged,
         len: u64,
         mtime: Option<SystemTime>,
-    ) -> io::Result<()> {
+        md5: Option<Vec<u8>>,
+    ) -> Result<(), CommitError> {
         let (done, result) = oneshot::channel();
         let job = Job {
             staged,
             len,
             mtime,
+            md5,
             done,
         };
-        self.tx
-            .send(job)
-            .await
-            .map_err(|_| io::Error::other("committer stopped"))?;
-        result
-            .await
-            .unwrap_or_else(|_| Err(io::Error::other("committer stopped")))
+        let stopped = || CommitError::Io(io::Error::other("committer stopped"));
+        self.tx.send(job).await.map_err(|_| stopped())?;
+        result.await.unwrap_or_else(|_| Err(stopped()))
     }
 }
 
-fn commit_batch(batch: Vec<Job>) {
+fn commit_batch(batch: Vec<Job>, scratch: &mut Vec<u8>) {
     // 1. Length and mtime; a job failing here is answered now (dropping it removes its temp file).
     let mut ready = Vec::with_capacity(batch.len());
+    let mut to_hash = Vec::new();
     for job in batch {
         match job.staged.finish(job.len, job.mtime) {
+            Ok(()) if job.md5.is_some() => to_hash.push(job),
             Ok(()) => ready.push(job),
             Err(e) => {
-                let _ = job.done.send(Err(e));
+                let _ = job.done.send(Err(e.into()));
             }
         }
     }
-    // 2. The data of every file durable: one syncfs per file system (a destination may span mounts).
+    tracing::trace!(
+        files = ready.len() + to_hash.len(),
+        md5s = to_hash.len(),
+        "commit batch"
+    );
+    // 2. MD5s, all at once (read back from the page cache): a mismatch fails that file alone.
+    if !to_hash.is_empty() {
+        let ranges: Vec<_> = to_hash
+            .iter()
+            .map(|j| (j.staged.file(), 0, j.len))
+            .collect();
+        match verify::md5_of_ranges(&ranges, scratch) {
+            Ok(digests) => {
+                for (job, got) in to_hash.into_iter().zip(digests) {
+                    let want = job.md5.clone().expect("partitioned on it");
+                    match Expected::Md5(want).check(Some(got.to_vec())) {
+                        Ok(()) => ready.push(job),
+                        Err(m) => {
+                            let _ = job.done.send(Err(m.into()));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                for job in to_hash {
+                    let e = io::Error::new(e.kind(), format!("reading temp file back: {e}"));
+                    let _ = job.done.send(Err(e.into()));
+                }
+            }
+        }
+    }
+    // 3. The data of every file durable: one syncfs per file system (a destination may span mounts).
     let mut synced_devs: Vec<(u64, io::Result<()>)> = Vec::new();
     let mut durable = Vec::with_capacity(ready.len());
     for job in ready {
@@ -163,17 +217,17 @@ fn commit_batch(batch: Vec<Job>) {
         match synced {
             Ok(()) => durable.push(job),
             Err(e) => {
-                let _ = job.done.send(Err(e));
+                let _ = job.done.send(Err(e.into()));
             }
         }
     }
-    // 3. Rename each into place, then make each touched directory durable once.
-    let mut installed: Vec<(PathBuf, oneshot::Sender<io::Result<()>>)> = Vec::new();
+    // 4. Rename each into place, then make each touched directory durable once.
+    let mut installed: Vec<(PathBuf, oneshot::Sender<Result<(), CommitError>>)> = Vec::new();
     for job in durable {
         match job.staged.install() {
             Ok(dir) => installed.push((dir, job.done)),
             Err(e) => {
-                let _ = job.done.send(Err(e));
+                let _ = job.done.send(Err(e.into()));
             }
         }
     }
@@ -187,7 +241,7 @@ fn commit_batch(batch: Vec<Job>) {
                 r
             }
         };
-        let _ = done.send(r);
+        let _ = done.send(r.map_err(Into::into));
     }
 }
 
@@ -241,6 +295,7 @@ pub fn sweep_temp_files(dest: &Path) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use md5::Digest;
     use std::io::Write;
     use std::time::{Duration, UNIX_EPOCH};
 
@@ -275,28 +330,37 @@ mod tests {
         fs::create_dir(d.path().join("sub")).unwrap();
         let c = Committer::spawn(8, Duration::from_millis(20));
         let mut waits = Vec::new();
+        let fails = |i: i32| i % 5 == 0 || i % 7 == 0;
         for i in 0..20 {
             let target = d
                 .path()
                 .join(if i % 2 == 0 { "sub" } else { "." })
                 .join(format!("f{i}"));
+            let body = format!("file {i}");
             let s = Staged::create(&target).unwrap();
-            s.file().write_all(format!("file {i}").as_bytes()).unwrap();
-            // Every fifth one claims a wrong length: it must fail alone, leaving no file behind.
-            let len = if i % 5 == 0 {
-                99
+            s.file().write_all(body.as_bytes()).unwrap();
+            // Every fifth one claims a wrong length, every seventh a wrong MD5, every third the
+            // right one: a failure must fail that file alone, leaving no file behind.
+            let len = if i % 5 == 0 { 99 } else { body.len() as u64 };
+            let md5 = if i % 7 == 0 {
+                Some(vec![0; 16])
+            } else if i % 3 == 0 {
+                Some(md5::Md5::digest(&body).to_vec())
             } else {
-                format!("file {i}").len() as u64
+                None
             };
             let c = c.clone();
             waits.push(tokio::spawn(async move {
-                (i, target, c.commit(s, len, None).await)
+                (i, target, c.commit(s, len, None, md5).await)
             }));
         }
         for w in waits {
             let (i, target, r) = w.await.unwrap();
-            if i % 5 == 0 {
-                assert!(r.is_err(), "f{i}");
+            if fails(i) {
+                let e = r.unwrap_err();
+                if i % 5 != 0 {
+                    assert!(matches!(e, CommitError::Mismatch(_)), "f{i}: {e}");
+                }
                 assert!(!target.exists());
             } else {
                 r.unwrap();
