@@ -777,8 +777,9 @@ class Bench:
             if line.startswith("MemTotal"):
                 mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
         # findmnt names ext4 as such; statfs's magic number is the same for ext2, ext3 and ext4.
-        fs = lambda p: (sh_out(["findmnt", "-n", "-o", "FSTYPE", "--target", p]) if shutil.which("findmnt")
-                        else sh_out(["stat", "-f", "-c", "%T", p]))
+        # A stacked mount (e.g. /dev/shm here) is listed once per layer: the last one is what is seen.
+        fs = lambda p: ((sh_out(["findmnt", "-n", "-o", "FSTYPE", "--target", p]).splitlines() or ["?"])[-1]
+                        if shutil.which("findmnt") else sh_out(["stat", "-f", "-c", "%T", p]))
         os_name = "?"
         if os.path.exists("/etc/os-release"):
             for line in open("/etc/os-release"):
