@@ -19,7 +19,7 @@ use tempfile::NamedTempFile;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::keypath::TEMP_PREFIX;
-use crate::verify::{self, Expected, Mismatch};
+use crate::verify::{self, Md5Check, Mismatch};
 
 /// A temp file next to its final path.
 pub struct Staged {
@@ -82,7 +82,7 @@ impl Staged {
 /// Why a commit failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
-    /// The file does not hash to the MD5 S3 gave for it: worth downloading again.
+    /// The file does not hash to the MD5 (or multipart ETag) S3 gave for it: worth downloading again.
     #[error(transparent)]
     Mismatch(#[from] Mismatch),
     #[error(transparent)]
@@ -102,45 +102,54 @@ struct Job {
     staged: Staged,
     len: u64,
     mtime: Option<SystemTime>,
-    /// The MD5 the file must hash to, checked before it is made durable.
-    md5: Option<Vec<u8>>,
+    /// What the file must hash to, checked before it is made durable.
+    md5: Option<Md5Check>,
     done: oneshot::Sender<Result<(), CommitError>>,
 }
 
 impl Committer {
-    /// Start the batching task: a batch closes at `max` files or `window` after its first file.
+    /// Start the batching tasks: a batch closes at `max` files or `window` after its first file.
+    ///
+    /// Two stages, each a task that hands one batch at a time to the blocking pool: checking (length,
+    /// mtime, MD5s), then durability and renames. So a batch's MD5s are hashed while the batch before
+    /// it is being synced, rather than holding up the syncs. A panic in either would leave its jobs'
+    /// senders dropped: their callers see an error.
     pub fn spawn(max: usize, window: Duration) -> Committer {
         let (tx, mut rx) = mpsc::channel::<Job>(max * 2);
+        let (checked_tx, mut checked_rx) = mpsc::channel::<Job>(max * 2);
         tokio::spawn(async move {
             // Kept across batches: a fresh MiB for every batch would cost its page faults each time.
             let mut scratch = Vec::new();
-            while let Some(first) = rx.recv().await {
-                let mut batch = vec![first];
-                let deadline = tokio::time::Instant::now() + window;
-                while batch.len() < max {
-                    match tokio::time::timeout_at(deadline, rx.recv()).await {
-                        Ok(Some(job)) => batch.push(job),
-                        _ => break,
+            while let Some(batch) = gather(&mut rx, max, window).await {
+                let done = tokio::task::spawn_blocking(move || {
+                    let checked = check_batch(batch, &mut scratch);
+                    (checked, scratch)
+                });
+                let checked;
+                (checked, scratch) = done.await.unwrap_or_default();
+                for job in checked {
+                    if checked_tx.send(job).await.is_err() {
+                        return;
                     }
                 }
-                // A panic here would leave the jobs' senders dropped: their callers see an error.
-                let done = tokio::task::spawn_blocking(move || {
-                    commit_batch(batch, &mut scratch);
-                    scratch
-                });
-                scratch = done.await.unwrap_or_default();
+            }
+        });
+        tokio::spawn(async move {
+            // Checked jobs come a batch at a time: take what has arrived, without waiting for more.
+            while let Some(batch) = gather(&mut checked_rx, max, Duration::ZERO).await {
+                let _ = tokio::task::spawn_blocking(move || make_durable(batch)).await;
             }
         });
         Committer { tx }
     }
 
-    /// Install `staged` once it is `len` bytes long, its mtime set, and (when given) its MD5 checked.
+    /// Install `staged` once it is `len` bytes long, its mtime set, and (when given) its MD5s checked.
     pub async fn commit(
         &self,
         staged: Staged,
         len: u64,
         mtime: Option<SystemTime>,
-        md5: Option<Vec<u8>>,
+        md5: Option<Md5Check>,
     ) -> Result<(), CommitError> {
         let (done, result) = oneshot::channel();
         let job = Job {
@@ -156,8 +165,23 @@ impl Committer {
     }
 }
 
-fn commit_batch(batch: Vec<Job>, scratch: &mut Vec<u8>) {
-    // 1. Length and mtime; a job failing here is answered now (dropping it removes its temp file).
+/// The next batch: the first job, then up to `max` in all until `window` after it. `None` once closed.
+async fn gather(rx: &mut mpsc::Receiver<Job>, max: usize, window: Duration) -> Option<Vec<Job>> {
+    let mut batch = vec![rx.recv().await?];
+    let deadline = tokio::time::Instant::now() + window;
+    while batch.len() < max {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(job)) => batch.push(job),
+            _ => break,
+        }
+    }
+    Some(batch)
+}
+
+/// The jobs of `batch` that pass; each one that fails is answered now (dropping it removes its
+/// temp file).
+fn check_batch(batch: Vec<Job>, scratch: &mut Vec<u8>) -> Vec<Job> {
+    // 1. Length and mtime.
     let mut ready = Vec::with_capacity(batch.len());
     let mut to_hash = Vec::new();
     for job in batch {
@@ -174,17 +198,25 @@ fn commit_batch(batch: Vec<Job>, scratch: &mut Vec<u8>) {
         md5s = to_hash.len(),
         "commit batch"
     );
-    // 2. MD5s, all at once (read back from the page cache): a mismatch fails that file alone.
+    // 2. MD5s, all files' (or parts') at once, read back from the page cache: a mismatch fails that
+    // file alone.
     if !to_hash.is_empty() {
+        let per_job: Vec<Vec<(u64, u64)>> = to_hash
+            .iter()
+            .map(|j| j.md5.as_ref().expect("partitioned on it").ranges(j.len))
+            .collect();
         let ranges: Vec<_> = to_hash
             .iter()
-            .map(|j| (j.staged.file(), 0, j.len))
+            .zip(&per_job)
+            .flat_map(|(j, rs)| rs.iter().map(|&(a, b)| (j.staged.file(), a, b)))
             .collect();
         match verify::md5_of_ranges(&ranges, scratch) {
             Ok(digests) => {
-                for (job, got) in to_hash.into_iter().zip(digests) {
-                    let want = job.md5.clone().expect("partitioned on it");
-                    match Expected::Md5(want).check(Some(got.to_vec())) {
+                let mut digests = &digests[..];
+                for (job, rs) in to_hash.into_iter().zip(&per_job) {
+                    let (mine, rest) = digests.split_at(rs.len());
+                    digests = rest;
+                    match job.md5.as_ref().expect("partitioned on it").check(mine) {
                         Ok(()) => ready.push(job),
                         Err(m) => {
                             let _ = job.done.send(Err(m.into()));
@@ -200,7 +232,12 @@ fn commit_batch(batch: Vec<Job>, scratch: &mut Vec<u8>) {
             }
         }
     }
-    // 3. The data of every file durable: one syncfs per file system (a destination may span mounts).
+    ready
+}
+
+/// Make every job's data durable, rename it into place, make the renames durable; answer each job.
+fn make_durable(ready: Vec<Job>) {
+    // 1. The data of every file durable: one syncfs per file system (a destination may span mounts).
     let mut synced_devs: Vec<(u64, io::Result<()>)> = Vec::new();
     let mut durable = Vec::with_capacity(ready.len());
     for job in ready {
@@ -221,7 +258,7 @@ fn commit_batch(batch: Vec<Job>, scratch: &mut Vec<u8>) {
             }
         }
     }
-    // 4. Rename each into place, then make each touched directory durable once.
+    // 2. Rename each into place, then make each touched directory durable once.
     let mut installed: Vec<(PathBuf, oneshot::Sender<Result<(), CommitError>>)> = Vec::new();
     for job in durable {
         match job.staged.install() {
@@ -343,9 +380,9 @@ mod tests {
             // right one: a failure must fail that file alone, leaving no file behind.
             let len = if i % 5 == 0 { 99 } else { body.len() as u64 };
             let md5 = if i % 7 == 0 {
-                Some(vec![0; 16])
+                Some(Md5Check::Whole(vec![0; 16]))
             } else if i % 3 == 0 {
-                Some(md5::Md5::digest(&body).to_vec())
+                Some(Md5Check::Whole(md5::Md5::digest(&body).to_vec()))
             } else {
                 None
             };
@@ -375,6 +412,47 @@ mod tests {
                 .filter_map(Result::ok)
                 .all(|e| !e.file_name().to_string_lossy().starts_with(TEMP_PREFIX))
         );
+    }
+
+    /// A multipart ETag is checked in the batch too: the MD5 of the parts' MD5s, `-N`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batched_commits_check_multipart_etags() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Committer::spawn(8, Duration::from_millis(20));
+        let body: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let ranges = vec![(0, 70_000), (70_000, 140_000), (140_000, 200_000)];
+        let mut outer = md5::Md5::new();
+        for &(a, b) in &ranges {
+            outer.update(md5::Md5::digest(&body[a as usize..b as usize]));
+        }
+        let hexs: String = outer
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let good = format!("\"{}-3\"", hexs.to_uppercase());
+        let mut bad = hexs.clone();
+        bad.replace_range(0..1, if &hexs[..1] == "0" { "1" } else { "0" });
+        let mut waits = Vec::new();
+        for (name, etag) in [("good", good), ("bad", format!("{bad}-3"))] {
+            let target = d.path().join(name);
+            let s = Staged::create(&target).unwrap();
+            s.file().write_all(&body).unwrap();
+            let check = Md5Check::Parts {
+                ranges: ranges.clone(),
+                etag,
+            };
+            let c = c.clone();
+            waits.push(tokio::spawn(async move {
+                (target, c.commit(s, 200_000, None, Some(check)).await)
+            }));
+        }
+        let (good, r) = waits.remove(0).await.unwrap();
+        r.unwrap();
+        assert_eq!(fs::read(&good).unwrap(), body);
+        let (bad, r) = waits.remove(0).await.unwrap();
+        assert!(matches!(r, Err(CommitError::Mismatch(_))), "{r:?}");
+        assert!(!bad.exists());
     }
 
     #[test]

@@ -109,6 +109,54 @@ impl Expected {
     }
 }
 
+/// An MD5 check left to the commit batch (`atomic::Committer`), where files share SIMD lanes.
+#[derive(Debug, Clone)]
+pub enum Md5Check {
+    /// The whole file must hash to this digest (a plain MD5 ETag).
+    Whole(Vec<u8>),
+    /// A multipart ETag `<hex>-N`: the MD5 of the N parts' MD5s, the parts being these byte ranges.
+    Parts {
+        ranges: Vec<(u64, u64)>,
+        etag: String,
+    },
+}
+
+impl Md5Check {
+    /// The byte ranges to hash, for a file of `len` bytes.
+    pub fn ranges(&self, len: u64) -> Vec<(u64, u64)> {
+        match self {
+            Md5Check::Whole(_) => vec![(0, len)],
+            Md5Check::Parts { ranges, .. } => ranges.clone(),
+        }
+    }
+
+    /// `digests`: the MD5s of `ranges()`, in order.
+    pub fn check(&self, digests: &[[u8; 16]]) -> Result<(), Mismatch> {
+        match self {
+            Md5Check::Whole(want) => {
+                Expected::Md5(want.clone()).check(digests.first().map(|d| d.to_vec()))
+            }
+            Md5Check::Parts { etag, .. } => {
+                let mut outer = Md5State::new();
+                for d in digests {
+                    outer.update(d);
+                }
+                let got = format!("{}-{}", hex(&outer.finalize()), digests.len());
+                let want = etag.trim_matches('"').to_ascii_lowercase();
+                if got == want {
+                    Ok(())
+                } else {
+                    Err(Mismatch {
+                        algo: "md5 (multipart etag)",
+                        expected: want,
+                        got,
+                    })
+                }
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{algo} mismatch: expected {expected}, got {got}")]
 pub struct Mismatch {
