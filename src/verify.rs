@@ -243,15 +243,14 @@ pub fn md5_of_ranges(ranges: &[FileRange<'_>], scratch: &mut Vec<u8>) -> io::Res
             }
         }
         // Busy lanes first, so that 8 or fewer of them can run in the 8-lane kernel.
-        let mut free = 0;
+        let mut busy = 0;
         for lane in 0..max_lanes {
             if lanes[lane].is_some() {
-                lanes.swap(free, lane);
-                states.swap(free, lane);
-                free += 1;
+                lanes.swap(busy, lane);
+                states.swap(busy, lane);
+                busy += 1;
             }
         }
-        let busy = free;
         if busy == 0 {
             return Ok(digests);
         }
