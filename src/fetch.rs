@@ -335,12 +335,8 @@ impl Fetcher {
             .map_err(|e| at_path(e, target))?;
         drop(file);
 
-        let deferred_md5 = match &expected {
-            Expected::Md5(digest) if size <= DEFER_MD5_MAX => Some(Md5Check::Whole(digest.clone())),
-            _ => None,
-        };
         // Parts arrive out of order, so the full-object checksum is computed over the assembled file.
-        if deferred_md5.is_none() && !matches!(expected, Expected::None) {
+        if !matches!(expected, Expected::None) {
             let mut hasher = expected.hasher();
             let staged_file = staged
                 .file()
@@ -366,7 +362,7 @@ impl Fetcher {
                 .check(hasher_done.finish())
                 .map_err(|m| FetchError::Transient(m.to_string()))?;
         }
-        self.commit(staged, obj, target, deferred_md5).await?;
+        self.commit(staged, obj, target, None).await?;
         Ok(Fetched {
             bytes: size,
             verified_with: expected.describe(),
