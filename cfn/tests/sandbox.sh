@@ -67,6 +67,8 @@ echo "systemctl \$*" >> "$W/calls.log"
 case "\$1" in
   cat) [ -e "$state/units/\$2" ] ;;
   enable) [ "\$2" = --now ] && [ -e "$state/units/\$3" ] && touch "$state/active/\$3" ;;
+  restart) [ -e "$state/units/\$2" ] && touch "$state/active/\$2" || exit 1
+           [ -e /etc/cron.d/s3backup ] && echo "systemctl: cron file present at restart" >> "$W/calls.log" ;;
   is-active) [ "\$2" = --quiet ] && [ -e "$state/active/\$3" ] ;;
   *) exit 1 ;;
 esac
@@ -145,6 +147,8 @@ else
     eval "! grep -q '^yum' '$W/calls.log'"
 fi
 check "crond.service enabled and started" grep -qx "systemctl enable --now crond.service" "$W/calls.log"
+check "crond.service restarted after the cron job was written (cron may miss a file by its mtime)" \
+  grep -qx "systemctl: cron file present at restart" "$W/calls.log"
 
 # The user and the folder.
 IFS=: read -r _ _ uid _ _ home shell < <(getent passwd "$BACKUP_USER")
