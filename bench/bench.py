@@ -345,10 +345,11 @@ class Bench:
             for key, digest in ex.map(put, keys):
                 expected[key] = digest
 
-    def start_proxy(self, tag):
+    def start_proxy(self, tag, corrupt=False):
         port = free_port()
         log = os.path.join(self.logs, f"proxy-{tag}.requests")
-        self.proxy = popen([self.python, os.path.join(HERE, "countproxy.py"), str(port), str(self.port), log],
+        self.proxy = popen([self.python, os.path.join(HERE, "countproxy.py"), str(port), str(self.port), log]
+                           + (["--corrupt-first-get"] if corrupt else []),
                            stdout=subprocess.DEVNULL, stderr=open(log + ".err", "wb"))
         wait_http(f"http://127.0.0.1:{port}/", "counting proxy", log + ".err")
         open(log, "wb").close()  # drop wait_http's own probe request
@@ -693,6 +694,46 @@ class Bench:
 
     # ---- main
 
+    def scenario_v(self, tools):
+        """Each object's first GET is answered with one byte flipped (countproxy.py --corrupt-first-get): does
+        the tool notice? One untimed run per tool, through the proxy, into a fresh destination."""
+        a = self.args
+        items = {f"v/photo_{i:02d}.jpg": MIB + 4099 * i for i in range(a.v_single)}
+        items.update({f"v/clip_{i}.mp4": 3 * a.part_size * MIB + 4099 * i for i in range(a.v_multipart)})
+        expected, listed = self.seed("bench-v", items, part_size_mib=a.part_size)
+        multipart = sum(1 for o in listed.values() if "-" in o["ETag"])
+        self.scen_info["V"] = {"objects": len(items), "bytes": sum(items.values()),
+                               "what": f"every object's first GET corrupted ({len(items) - multipart} single-part "
+                                       f"of ~1 MiB, {multipart} multipart of ~{3 * a.part_size} MiB)"}
+        for tool in tools:
+            dest = os.path.join(self.dest_root, f"V-{tool}")
+            rm(dest)
+            rm(dest + ".state")
+            endpoint, log = self.start_proxy(f"V-{tool}", corrupt=True)
+            try:
+                r = self.measure("V", tool, 1, self.argv(tool, "bench-v", dest, endpoint), self.env(endpoint),
+                                 self.args.timeout, counted=True)
+            finally:
+                self.stop_proxy()
+            r.flips = sum(1 for line in open(log, "rb") if line.startswith(b"CORRUPTED "))
+            got = tree_hashes(dest) if os.path.isdir(dest) else {}
+            missing, extra, wrong = compare(expected, got)
+            r.wrong = len(wrong)
+            r.correct = r.rc == 0 and not (missing or extra or wrong)
+            if wrong:
+                r.verdict = f"kept {len(wrong)} corrupted file(s), exit {r.rc}"
+            elif r.correct:
+                r.verdict = "noticed, fetched again: every file right"
+            elif r.rc != 0:
+                r.verdict = f"noticed, exit {r.rc}, no corrupted file kept ({len(missing)} missing)"
+            else:
+                r.verdict = f"exit 0 but {len(missing)} missing"
+            r.detail = f"{r.flips} corrupted responses served"
+            self.record(r)
+            print(f"   V {tool:9s} {r.verdict}", flush=True)
+            rm(dest)
+            rm(dest + ".state")
+
     def main(self):
         a = self.args
         only = set(a.only.split(","))
@@ -746,6 +787,9 @@ class Bench:
                 [t for t in a.m_tools.split(",") if t in tools]
             print("== M: memory at scale", flush=True)
             self.run_full("M", "bench-m", expected_m, items, m_tools, timeout=a.m_timeout, peer_reps=a.m_peer_reps)
+        if "V" in only:
+            print("== V: corrupted downloads", flush=True)
+            self.scenario_v(full)
         self.report(tools)
 
     # ---- report
@@ -846,6 +890,11 @@ class Bench:
                         if scen == "D":
                             row["fetched_exactly_changed"] = r.exact
                 rows.append(row)
+        for r in (r for r in self.runs if r.scenario == "V"):
+            rows.append({"scenario": "V", "tool": r.tool, "label": labels.get(r.tool, r.tool), "reps": 1,
+                         "correct": r.correct, "timeouts": int(r.timeout), "details": r.detail,
+                         "notes": "; ".join(r.notes), "corrupted_served": r.flips, "corrupted_kept": r.wrong,
+                         "verdict": r.verdict})
         self.write_csv(rows)
         self.write_md(rows, labels)
         self.write_plot(rows, labels)
@@ -855,7 +904,7 @@ class Bench:
                 "ratio_to_durable_ceiling",
                 "cpu_median_s", "cpu_s_per_gib", "maxrss_median_mib", "maxrss_max_mib", "correct", "timeouts",
                 "req_get", "req_head", "req_list", "req_other", "keys_fetched", "fetched_exactly_changed",
-                "details", "notes"]
+                "corrupted_served", "corrupted_kept", "verdict", "details", "notes"]
         with open(self.args.out + ".csv", "w", newline="") as f:
             w = csv.DictWriter(f, cols, extrasaction="ignore")
             w.writeheader()
@@ -901,7 +950,7 @@ class Bench:
                    "the simple way, a reference for the cost of durability on this disk (a tool that overlaps "
                    "its syncs with its downloads can beat it, so it is not a ceiling and not part of `× ceiling`). "
                    "`CPU s/GiB` = (user+sys) / GiB that landed in the destination.\n")
-        for scen in ["A", "B", "C", "D", "M"]:
+        for scen in ["A", "B", "C", "D", "M", "V"]:
             if scen not in self.scen_info:
                 continue
             info = self.scen_info[scen]
@@ -943,6 +992,18 @@ class Bench:
                     s3b = [r for r in srows if r["tool"] == "s3backup" and "req_get" in r]
                     if s3b:
                         out.append(f"\ns3backup's object GET requests in C: **{s3b[0]['req_get']}** (must be 0).")
+            elif scen == "V":
+                out.append(f"{info['objects']} objects, {info['bytes'] / MIB:.1f} MiB. A proxy between the tool and "
+                           "the server flips one byte in the middle of the body of the first successful GET of "
+                           "each key (so in one part or range of a multipart object); later GETs pass unchanged. "
+                           "One untimed run per tool into a fresh destination. What the extra CPU of verifying "
+                           "buys (A and B's CPU s/GiB).\n")
+                out.append("| tool | corrupted responses served | exit | files kept corrupted | verdict |")
+                out.append("| --- | ---: | ---: | ---: | --- |")
+                for r in srows:
+                    run = next(x for x in self.runs if x.scenario == "V" and x.tool == r["tool"])
+                    kept = f"**{r['corrupted_kept']}**" if r["corrupted_kept"] else "0"
+                    out.append(f"| {r['label']} | {r['corrupted_served']} | {run.rc} | {kept} | {r['verdict']} |")
             else:
                 out.append(f"{info['objects']} objects; fresh destination each run; s3backup repeated {a.reps}×, "
                            f"peers and ceilings {min(a.m_peer_reps, a.reps)}×; a run still going after {a.m_timeout}s "
@@ -1143,7 +1204,7 @@ def main():
     p.add_argument("--small", action="store_true",
                    help="smoke scale: A 200 objects, B 2 x 16 MiB, M 2,000 objects, 1 repetition")
     p.add_argument("--reps", type=int, help="repetitions of every measurement (default 3; 1 with --small)")
-    p.add_argument("--only", default="A,B,C,D,M", help="scenarios to run, e.g. A,C (default all)")
+    p.add_argument("--only", default="A,B,C,D,M,V", help="scenarios to run, e.g. A,C (default all)")
     p.add_argument("--tools", help="comma list of s3backup,aws1,aws1x,aws2,rclone,s5cp,s5sync,naive (default all)")
     p.add_argument("--a-objects", type=int, help="A/C/D object count (default 5000; 200 with --small)")
     p.add_argument("--a-size", type=int, default=64 * KIB, help="A object size in bytes (default 64 KiB)")
@@ -1152,6 +1213,8 @@ def main():
     p.add_argument("--part-size", type=int, default=8, help="B multipart part size in MiB (default 8)")
     p.add_argument("--m-objects", type=int, help="M object count (default 100000; 2000 with --small)")
     p.add_argument("--m-size", type=int, default=1024, help="M object size in bytes (default 1024)")
+    p.add_argument("--v-single", type=int, default=8, help="V: single-part objects of ~1 MiB (default 8)")
+    p.add_argument("--v-multipart", type=int, default=2, help="V: multipart objects of ~3 parts (default 2)")
     p.add_argument("--m-tools", help="tools for M (default every full-copy tool but s5cmd sync)")
     p.add_argument("--m-timeout", type=int, default=900,
                    help="kill an M run after this many seconds (900); its figures up to then are kept")

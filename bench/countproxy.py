@@ -5,13 +5,21 @@ where each one ends on a keep-alive connection (Content-Length or chunked bodies
 so SigV4 signatures (which cover the Host header) still verify upstream. Responses are piped through raw.
 Used only for the untimed counting runs: a Python proxy would distort the timings.
 
-    countproxy.py LISTEN_PORT UPSTREAM_PORT LOG
+With --corrupt-first-get, responses are parsed too, and the body of the first successful GET of each object
+key (200 or 206, so one part or range of a multipart object) gets one byte flipped in its middle; later GETs
+of the key pass unchanged, so a tool that notices and fetches again ends with the right bytes. Each flip
+is logged as "CORRUPTED <key>". That is benchmark scenario V: which tools notice a corrupted download.
+
+    countproxy.py LISTEN_PORT UPSTREAM_PORT LOG [--corrupt-first-get]
 """
 import asyncio
 import sys
+import urllib.parse
 
 LISTEN, UPSTREAM, LOG = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+CORRUPT = "--corrupt-first-get" in sys.argv[4:]
 log = open(LOG, "ab", buffering=0)
+corrupted = set()
 
 
 async def pipe(reader, writer):
@@ -36,18 +44,95 @@ async def relay_exact(reader, writer, n):
         n -= len(chunk)
 
 
+def object_key(request_line):
+    """The key of a GET of an object (path-style /bucket/key), else None (listings, other methods)."""
+    parts = request_line.decode("latin-1").split()
+    if len(parts) < 2 or parts[0] != "GET":
+        return None
+    _, _, key = urllib.parse.unquote(urllib.parse.urlsplit(parts[1]).path).lstrip("/").partition("/")
+    return key or None
+
+
+async def corrupt_responses(reader, writer, asked):
+    """Relay responses one by one (each answers the oldest request still open), flipping a byte as above."""
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.split(b"\r\n")
+            status = int(lines[0].split()[1])
+            writer.write(head)
+            if 100 <= status < 200:
+                continue  # an interim response: the final one follows for the same request
+            request = await asked.get()
+            length, chunked = None, False
+            for h in lines[1:]:
+                name, _, value = h.partition(b":")
+                name = name.strip().lower()
+                if name == b"content-length":
+                    length = int(value.strip())
+                elif name == b"transfer-encoding" and b"chunked" in value.lower():
+                    chunked = True
+            if request.startswith(b"HEAD ") or status in (204, 304):
+                await writer.drain()
+                continue
+            key = object_key(request)
+            flip = status in (200, 206) and key is not None and key not in corrupted
+            if flip:
+                corrupted.add(key)  # now, before any await: parts of one key answer concurrently
+            if chunked:
+                while True:
+                    size_line = await reader.readuntil(b"\r\n")
+                    writer.write(size_line)
+                    n = int(size_line.split(b";")[0].strip(), 16)
+                    if n == 0:
+                        while (trailer := await reader.readuntil(b"\r\n")) != b"\r\n":
+                            writer.write(trailer)
+                        writer.write(b"\r\n")
+                        break
+                    data = bytearray(await reader.readexactly(n + 2))
+                    if flip:
+                        data[n // 2] ^= 0x01
+                        flip = False
+                        log.write(b"CORRUPTED " + key.encode() + b"\n")
+                    writer.write(data)
+                    await writer.drain()
+            elif length is not None:
+                if flip and length > 0:
+                    await relay_exact(reader, writer, length // 2)
+                    byte = await reader.readexactly(1)
+                    writer.write(bytes([byte[0] ^ 0x01]))
+                    log.write(b"CORRUPTED " + key.encode() + b"\n")
+                    await relay_exact(reader, writer, length - length // 2 - 1)
+                else:
+                    await relay_exact(reader, writer, length)
+            else:
+                await pipe(reader, writer)  # the body runs to the end of the connection
+                return
+            await writer.drain()
+    except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, IndexError):
+        pass
+    finally:
+        try:
+            writer.close()
+        except Exception:
+            pass
+
+
 async def handle(creader, cwriter):
     try:
         sreader, swriter = await asyncio.open_connection("127.0.0.1", UPSTREAM, limit=1 << 20)
     except OSError:
         cwriter.close()
         return
-    responses = asyncio.create_task(pipe(sreader, cwriter))
+    asked = asyncio.Queue()
+    responses = asyncio.create_task(corrupt_responses(sreader, cwriter, asked) if CORRUPT
+                                    else pipe(sreader, cwriter))
     try:
         while True:
             head = await creader.readuntil(b"\r\n\r\n")
             lines = head.split(b"\r\n")
             log.write(lines[0] + b"\n")
+            asked.put_nowait(lines[0])
             length, chunked = 0, False
             for h in lines[1:]:
                 name, _, value = h.partition(b":")
