@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 use crate::atomic::{CommitError, Committer, Staged};
 use crate::listing::{self, ObjectInfo};
 use crate::plan;
-use crate::verify::{self, Expected, Hasher, Md5Check, ResponseChecksums};
+use crate::verify::{self, Composite, Expected, Hasher, Md5Check, ResponseChecksums};
 
 /// Attempts per object (and per part) for failures worth retrying: a cut or short body, a checksum
 /// mismatch, a 5xx that outlived the SDK's own retries.
@@ -137,8 +137,9 @@ enum Strategy {
     Whole,
     /// HEAD, then parallel byte ranges; verified by hashing the assembled file.
     Ranges,
-    /// A multipart upload without a full-object checksum: GET each original part by number and check
-    /// the `-N` ETag (the MD5 of the parts' MD5s), the only end-to-end check S3 offers for it.
+    /// A multipart upload without a full-object checksum: HEAD, then GET each original part by number;
+    /// checked against the composite checksum when there is one (each part hashed as it streams), else
+    /// against the `-N` ETag (the MD5 of the parts' MD5s).
     Parts(u32),
 }
 
@@ -290,7 +291,8 @@ impl Fetcher {
         })
     }
 
-    async fn fetch_ranged(&self, obj: &ObjectInfo, target: &Target) -> Result<Fetched, FetchError> {
+    /// HEAD `obj` (the version listed) for its checksums: a listing carries none of their values.
+    async fn head_checksums(&self, obj: &ObjectInfo) -> Result<ResponseChecksums, FetchError> {
         let head = {
             let _permit = self.requests.acquire().await.expect("never closed");
             self.client
@@ -307,7 +309,7 @@ impl Fetcher {
         if head.content_length() != Some(obj.size as i64) {
             return Err(FetchError::Changed);
         }
-        let sums = ResponseChecksums {
+        Ok(ResponseChecksums {
             crc64nvme: head.checksum_crc64_nvme().map(Into::into),
             crc32c: head.checksum_crc32_c().map(Into::into),
             crc32: head.checksum_crc32().map(Into::into),
@@ -317,9 +319,13 @@ impl Fetcher {
             etag: head.e_tag().map(Into::into),
             sse: head.server_side_encryption().map(|s| s.as_str().to_owned()),
             sse_customer: head.sse_customer_algorithm().is_some(),
-        };
+        })
+    }
+
+    async fn fetch_ranged(&self, obj: &ObjectInfo, target: &Target) -> Result<Fetched, FetchError> {
+        let sums = self.head_checksums(obj).await?;
         // Every part must come from the version HEAD saw: If-Match its ETag.
-        let etag = head.e_tag().map(str::to_owned).or_else(|| obj.etag.clone());
+        let etag = sums.etag.clone().or_else(|| obj.etag.clone());
         let expected = Expected::from_response(&sums);
 
         let size = obj.size;
@@ -392,7 +398,7 @@ impl Fetcher {
                     .send()
                     .await
                     .map_err(classify)?;
-                write_range(resp.body, file, start, end).await?;
+                write_range(resp.body, file, start, end, Hasher::None).await?;
                 Ok(())
             }
         })
@@ -426,9 +432,11 @@ impl Fetcher {
         target: &Target,
     ) -> Result<Fetched, FetchError> {
         let size = obj.size;
+        // One HEAD more, as the composite checksum's value is in no listing and in no part's GET.
+        let composite = Composite::from_response(&self.head_checksums(obj).await?, n);
         let (staged, file) = stage_sized(target, size).await?;
         let mut parts: Vec<PartDone> = futures::stream::iter(1..=n)
-            .map(|i| self.fetch_part(obj, i, file.clone()))
+            .map(|i| self.fetch_part(obj, i, file.clone(), composite.as_ref()))
             .buffer_unordered(self.concurrency)
             .try_collect()
             .await
@@ -449,8 +457,16 @@ impl Fetcher {
                 "parts cover {at} bytes of {size}"
             )));
         }
+        let (verified_with, deferred_md5) = if let Some(c) = &composite {
+            let digests: Vec<Vec<u8>> = parts
+                .iter_mut()
+                .map(|p| p.digest.take().unwrap_or_default())
+                .collect();
+            c.check(&digests)
+                .map_err(|m| FetchError::Transient(m.to_string()))?;
+            (c.describe(), None)
         // SSE-KMS and SSE-C ETags are not MD5s of the data.
-        let (verified_with, deferred_md5) = if parts.iter().any(|p| p.etag_not_md5) {
+        } else if parts.iter().any(|p| p.etag_not_md5) {
             ("none", None)
         } else {
             let check = Md5Check::Parts {
@@ -481,14 +497,18 @@ impl Fetcher {
         })
     }
 
+    /// GET part `number` into its place in `file`, hashed as it streams when there is a composite
+    /// checksum to check.
     async fn fetch_part(
         &self,
         obj: &ObjectInfo,
         number: u32,
         file: Arc<std::fs::File>,
+        composite: Option<&Composite>,
     ) -> Result<PartDone, FetchError> {
         self.retry_transient(&format!("part {number}"), || {
             let file = file.clone();
+            let hasher = composite.map_or(Hasher::None, Composite::hasher);
             async move {
                 let _permit = self.requests.acquire().await.expect("never closed");
                 let resp = self
@@ -518,12 +538,13 @@ impl Fetcher {
                     .server_side_encryption()
                     .is_some_and(|s| s.as_str().starts_with("aws:kms"))
                     || resp.sse_customer_algorithm().is_some();
-                write_range(resp.body, file, start, end).await?;
+                let hasher = write_range(resp.body, file, start, end, hasher).await?;
                 Ok(PartDone {
                     number,
                     start,
                     end,
                     etag_not_md5,
+                    digest: hasher.finish(),
                 })
             }
         })
@@ -554,6 +575,8 @@ struct PartDone {
     start: u64,
     end: u64,
     etag_not_md5: bool,
+    /// The part's checksum, when there is a composite checksum to check.
+    digest: Option<Vec<u8>>,
 }
 
 /// `"<hex>-N"` → N: the object was uploaded in N parts.
@@ -629,13 +652,15 @@ async fn stream_to_file(
     }
 }
 
-/// Write `body` at `start..end` of `file`.
+/// Write `body` at `start..end` of `file`, feeding `hasher` what was written.
 async fn write_range(
     mut body: ByteStream,
     file: Arc<std::fs::File>,
     start: u64,
     end: u64,
-) -> Result<(), FetchError> {
+    hasher: Hasher,
+) -> Result<Hasher, FetchError> {
+    let mut hasher = Some(hasher);
     let mut at = start;
     let mut pending: Vec<Bytes> = Vec::new();
     let mut pending_len = 0;
@@ -660,16 +685,20 @@ async fn write_range(
             let offset = at;
             at += pending_len as u64;
             pending_len = 0;
-            blocking(move || {
-                let mut off = offset;
-                for b in &batch {
-                    f.write_all_at(b, off)?;
-                    off += b.len() as u64;
-                }
-                Ok(())
-            })
-            .await
-            .map_err(|e| FetchError::Permanent(format!("writing temp file: {e}")))?;
+            let mut h = hasher.take().expect("restored below");
+            hasher = Some(
+                blocking(move || {
+                    let mut off = offset;
+                    for b in &batch {
+                        f.write_all_at(b, off)?;
+                        h.update(b);
+                        off += b.len() as u64;
+                    }
+                    Ok(h)
+                })
+                .await
+                .map_err(|e| FetchError::Permanent(format!("writing temp file: {e}")))?,
+            );
         }
         if done {
             if at != end {
@@ -679,7 +708,7 @@ async fn write_range(
                     at - start
                 )));
             }
-            return Ok(());
+            return Ok(hasher.expect("present"));
         }
     }
 }

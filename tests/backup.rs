@@ -703,8 +703,8 @@ fn corrupt_bodies_are_retried_and_a_clean_retry_is_installed() {
 }
 
 /// A body that never verifies is reported by key, never installed, and the good copy from an earlier
-/// run stays; the next clean run converges. For a single-part object (MD5 ETag) and a multipart one
-/// (ETag of part MD5s).
+/// run stays; the next clean run converges. For a single-part object (MD5 ETag), a multipart one
+/// (ETag of part MD5s) and a multipart one uploaded with CRC32s (composite checksum).
 #[test]
 fn a_body_that_never_verifies_fails_by_key_and_keeps_the_old_copy() {
     let b = Bucket::new(Kind::Seaweed, "flipfail");
@@ -712,6 +712,7 @@ fn a_body_that_never_verifies_fails_by_key_and_keeps_the_old_copy() {
     let v1_parts: Vec<Vec<u8>> = vec![bytes(10, 5 * mib), bytes(11, mib)];
     b.put("single.jpg", b"version one of the image");
     b.put_multipart("multi.bin", &v1_parts, None);
+    b.put_multipart("multi-crc.bin", &v1_parts, Some(ChecksumAlgorithm::Crc32));
     b.put_md5_only("md5only.jpg", b"version one, md5 etag only");
     b.put("ok.jpg", b"fine");
     let s = Scratch::new();
@@ -722,6 +723,7 @@ fn a_body_that_never_verifies_fails_by_key_and_keeps_the_old_copy() {
     b.put_md5_only("md5only.jpg", b"version two, md5 etag only");
     let v2_parts: Vec<Vec<u8>> = vec![bytes(20, 5 * mib), bytes(21, mib)];
     b.put_multipart("multi.bin", &v2_parts, None);
+    b.put_multipart("multi-crc.bin", &v2_parts, Some(ChecksumAlgorithm::Crc32));
     let proxy = Proxy::start(&b.endpoint);
     // Every object GET is damaged: both changed objects fail, by name, and nothing else changes.
     proxy.arm(Fault::FlipByte, usize::MAX, "");
@@ -729,7 +731,10 @@ fn a_body_that_never_verifies_fails_by_key_and_keeps_the_old_copy() {
     assert_eq!(r.code(), 1, "{}", r.stderr());
     let mut failed = r.failed_keys();
     failed.sort();
-    assert_eq!(failed, ["md5only.jpg", "multi.bin", "single.jpg"]);
+    assert_eq!(
+        failed,
+        ["md5only.jpg", "multi-crc.bin", "multi.bin", "single.jpg"]
+    );
     for f in r.json()["failed"].as_array().unwrap() {
         let (key, err) = (f["key"].as_str().unwrap(), f["error"].as_str().unwrap());
         assert!(err.contains("mismatch"), "{key}: {err}");
@@ -739,6 +744,12 @@ fn a_body_that_never_verifies_fails_by_key_and_keeps_the_old_copy() {
                 "verified by its MD5 ETag: {err}"
             );
         }
+        if key == "multi-crc.bin" {
+            assert!(
+                err.contains("crc32 (composite) mismatch"),
+                "verified by its composite CRC32, not the MD5 ETag: {err}"
+            );
+        }
         assert!(
             r.stderr().contains(&format!("failed {key:?}")),
             "{}",
@@ -746,7 +757,7 @@ fn a_body_that_never_verifies_fails_by_key_and_keeps_the_old_copy() {
         );
     }
     assert_eq!(r.json()["unchanged"], 1);
-    assert_eq!(tree(&s.dest).len(), 4, "no temp file left, nothing lost");
+    assert_eq!(tree(&s.dest).len(), 5, "no temp file left, nothing lost");
     assert_eq!(
         fs::read(s.dest.join("md5only.jpg")).unwrap(),
         b"version one, md5 etag only"
@@ -759,6 +770,10 @@ fn a_body_that_never_verifies_fails_by_key_and_keeps_the_old_copy() {
         fs::read(s.dest.join("multi.bin")).unwrap(),
         v1_parts.concat()
     );
+    assert_eq!(
+        fs::read(s.dest.join("multi-crc.bin")).unwrap(),
+        v1_parts.concat()
+    );
 
     proxy.disarm();
     let r = backup_via(&proxy.endpoint, &b, &s, &[]);
@@ -769,6 +784,10 @@ fn a_body_that_never_verifies_fails_by_key_and_keeps_the_old_copy() {
     );
     assert_eq!(
         fs::read(s.dest.join("multi.bin")).unwrap(),
+        v2_parts.concat()
+    );
+    assert_eq!(
+        fs::read(s.dest.join("multi-crc.bin")).unwrap(),
         v2_parts.concat()
     );
     assert_eq!(
