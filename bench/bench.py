@@ -312,23 +312,34 @@ class Bench:
                 out[o["Key"]] = o
         return out
 
-    def seed(self, bucket, items, part_size_mib=None):
-        """Write items {key: size} into a tmpfs tree, upload it with s5cmd cp, check the listing."""
+    def seed(self, bucket, items, part_size_mib=None, uploader="s5cmd"):
+        """Write items {key: size} into a tmpfs tree, upload it with s5cmd cp (no checksums: MD5 ETags only)
+        or boto3's upload_file (its defaults: a CRC32 for every object, composite for multipart ones), check
+        the listing."""
         self.make_bucket(bucket)
         src = os.path.join(self.shm, "seed-" + bucket)
         t0 = time.time()
         expected = write_tree(src, items)
-        argv = [self.s5cmd, "--endpoint-url", self.endpoint, "cp"]
-        if part_size_mib:
-            argv += ["--part-size", str(part_size_mib)]
-        argv += ["*", f"s3://{bucket}/"]
         log = os.path.join(self.logs, f"seed-{bucket}.log")
-        with open(log, "wb") as f:
-            r = subprocess.run(argv, cwd=src, env=self.env(self.endpoint), stdout=f, stderr=subprocess.STDOUT)
+        if uploader == "boto3":
+            from boto3.s3.transfer import TransferConfig
+            part = (part_size_mib or 8) * MIB
+            cfg = TransferConfig(multipart_threshold=part, multipart_chunksize=part)
+            for key in items:
+                self.s3.upload_file(os.path.join(src, key), bucket, key, Config=cfg)
+            rc = 0
+        else:
+            argv = [self.s5cmd, "--endpoint-url", self.endpoint, "cp"]
+            if part_size_mib:
+                argv += ["--part-size", str(part_size_mib)]
+            argv += ["*", f"s3://{bucket}/"]
+            with open(log, "wb") as f:
+                rc = subprocess.run(argv, cwd=src, env=self.env(self.endpoint), stdout=f,
+                                    stderr=subprocess.STDOUT).returncode
         rm(src)
         listed = self.list_bucket(bucket)
-        if r.returncode != 0 or set(listed) != set(expected):
-            raise SystemExit(f"seeding {bucket} failed (s5cmd exit {r.returncode}, {len(listed)} of "
+        if rc != 0 or set(listed) != set(expected):
+            raise SystemExit(f"seeding {bucket} failed ({uploader} exit {rc}, {len(listed)} of "
                              f"{len(expected)} keys listed); see {log}")
         multipart = sum(1 for o in listed.values() if "-" in o["ETag"])
         print(f"   seeded s3://{bucket}: {len(expected)} objects, {sum(items.values()) / MIB:.1f} MiB "
@@ -777,6 +788,19 @@ class Bench:
                                            f"({a.part_size} MiB parts, ETag -{'/'.join(parts)}), full backup"}
             print("== B: full backup", flush=True)
             self.run_full("B", "bench-b", expected_b, items, full, ranged=True, durable=True)
+        if "E" in only:
+            print("== E: seeding (boto3)", flush=True)
+            items = {f"video/clip_{i:03d}.mp4": a.b_size_mib * MIB for i in range(a.b_objects)}
+            expected_e, listed = self.seed("bench-e", items, part_size_mib=a.part_size, uploader="boto3")
+            h = self.s3.head_object(Bucket="bench-e", Key=sorted(items)[0], ChecksumMode="ENABLED")
+            sums = {k: v for k, v in h["ResponseMetadata"]["HTTPHeaders"].items() if k.startswith("x-amz-checksum")}
+            print(f"   checksums of {sorted(items)[0]}: {sums}", flush=True)
+            self.scen_info["E"] = {"objects": a.b_objects, "bytes": a.b_objects * a.b_size_mib * MIB,
+                                   "what": f"B's objects uploaded by boto3 with its defaults ({a.part_size} MiB "
+                                           f"parts; {', '.join(f'{k[15:]}: {v}' for k, v in sums.items())}), "
+                                           "full backup"}
+            print("== E: full backup", flush=True)
+            self.run_full("E", "bench-e", expected_e, items, full, ranged=True, durable=True)
         if "M" in only:
             print("== M: seeding", flush=True)
             items = {key_name(i): a.m_size for i in range(a.m_objects)}
@@ -850,7 +874,7 @@ class Bench:
                        "ceiling-durable": "reference: curl -Z whole objects -> destination fs, then sync -f",
                        "floor": "floor: list only (s5cmd ls)"})
         rows = []
-        for scen in ["A", "B", "C", "D", "M"]:
+        for scen in ["A", "B", "E", "C", "D", "M"]:
             if scen not in self.scen_info:
                 continue
             names = sorted({r.tool for r in self.runs if r.scenario == scen}, key=ORDER.index)
@@ -874,7 +898,7 @@ class Bench:
                     "ratio_to_durable_ceiling": ((wmed / durable_med) if (wmed and durable_med and n not in ceil)
                                                  else None),
                     "cpu_median_s": cmed,
-                    "cpu_s_per_gib": (cmed / gib) if (cmed is not None and gib and scen in "AB"
+                    "cpu_s_per_gib": (cmed / gib) if (cmed is not None and gib and scen in ("A", "B", "E")
                                                       and n not in ceil) else None,
                     "maxrss_median_mib": rss_med / 1024 if rss_med else None,
                     "maxrss_max_mib": rss_max / 1024 if rss_max else None,
@@ -941,22 +965,22 @@ class Bench:
                    "concurrency 16, `aws` 10 threads, `rclone` 4 transfers + 8 checkers, `s5cmd` 256 workers; "
                    "`aws` runs with `--only-show-errors`; every tool's output goes to a file. Only s3backup "
                    "fsyncs what it writes.\n")
-        out.append(f"`× ceiling` (A, B, M) = the tool's median wall time over the fastest server-alone median of "
+        out.append(f"`× ceiling` (A, B, E, M) = the tool's median wall time over the fastest server-alone median of "
                    f"the same run: curl -Z with {a.parallel} parallel transfers of the known key list (no "
-                   f"listing), s5cmd cp (lists), and for B also curl on {a.part_size} MiB ranges, all into tmpfs. "
+                   f"listing), s5cmd cp (lists), and for B and E also curl on {a.part_size} MiB ranges, all into tmpfs. "
                    "`× floor` (C, D) = over listing the bucket alone (s5cmd ls), plus in D curl of just the "
-                   "changed keys. `× curl+sync` (A, B) = over curl -Z of the same objects into the "
+                   "changed keys. `× curl+sync` (A, B, E) = over curl -Z of the same objects into the "
                    "destinations' file system followed by `sync -f` (one syncfs): the same download made durable "
                    "the simple way, a reference for the cost of durability on this disk (a tool that overlaps "
                    "its syncs with its downloads can beat it, so it is not a ceiling and not part of `× ceiling`). "
                    "`CPU s/GiB` = (user+sys) / GiB that landed in the destination.\n")
-        for scen in ["A", "B", "C", "D", "M", "V"]:
+        for scen in ["A", "B", "E", "C", "D", "M", "V"]:
             if scen not in self.scen_info:
                 continue
             info = self.scen_info[scen]
             srows = [r for r in rows if r["scenario"] == scen]
             out.append(f"## {scen}: {info['what']}\n")
-            if scen in "AB":
+            if scen in ("A", "B", "E"):
                 out.append(f"{info['objects']} objects, {info['bytes'] / MIB:.1f} MiB; fresh destination each run.\n")
                 out.append("| tool | wall min s | wall median s | × ceiling | × curl+sync | CPU s (median) | "
                            "CPU s/GiB | max RSS MiB | correct | notes |")
@@ -1031,7 +1055,7 @@ class Bench:
                               and r["wall_median_s"] is not None]
         met = lambda ok: "met" if ok else "**not met**"
         lines = []
-        for scen in "AB":
+        for scen in ("A", "B", "E"):
             me, ps = get(scen, "s3backup"), peers(scen)
             if not me or not ps or me["wall_median_s"] is None:
                 continue
@@ -1088,7 +1112,7 @@ class Bench:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         import matplotlib.ticker
-        scens = [s for s in ["A", "B", "C", "D"] if any(r["scenario"] == s for r in rows)]
+        scens = [s for s in ["A", "B", "E", "C", "D"] if any(r["scenario"] == s for r in rows)]
         has_m = any(r["scenario"] == "M" for r in rows)
         n = len(scens) + (1 if has_m else 0)
         if not n:
@@ -1116,9 +1140,9 @@ class Bench:
             ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}×"))
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.axvline(1.0, color="black", lw=0.8)
-            if scen in "AB":
+            if scen in ("A", "B", "E"):
                 ax.axvline(1.3, color="tab:red", lw=0.8, ls="--")
-            ax.set_title(f"{scen}: wall time / {'server ceiling' if scen in 'AB' else 'list-only floor'}",
+            ax.set_title(f"{scen}: wall time / {'server ceiling' if scen in ('A', 'B', 'E') else 'list-only floor'}",
                          fontsize=9)
             for i, v in enumerate(vals):
                 ax.text(v, i, f" {v:.2f}×", va="center", fontsize=7)
@@ -1204,7 +1228,7 @@ def main():
     p.add_argument("--small", action="store_true",
                    help="smoke scale: A 200 objects, B 2 x 16 MiB, M 2,000 objects, 1 repetition")
     p.add_argument("--reps", type=int, help="repetitions of every measurement (default 3; 1 with --small)")
-    p.add_argument("--only", default="A,B,C,D,M,V", help="scenarios to run, e.g. A,C (default all)")
+    p.add_argument("--only", default="A,B,E,C,D,M,V", help="scenarios to run, e.g. A,C (default all)")
     p.add_argument("--tools", help="comma list of s3backup,aws1,aws1x,aws2,rclone,s5cp,s5sync,naive (default all)")
     p.add_argument("--a-objects", type=int, help="A/C/D object count (default 5000; 200 with --small)")
     p.add_argument("--a-size", type=int, default=64 * KIB, help="A object size in bytes (default 64 KiB)")
