@@ -465,8 +465,8 @@ impl Fetcher {
             c.check(&digests)
                 .map_err(|m| FetchError::Transient(m.to_string()))?;
             (c.describe(), None)
-        // SSE-KMS and SSE-C ETags are not MD5s of the data.
         } else if parts.iter().any(|p| p.etag_not_md5) {
+            // SSE-KMS and SSE-C ETags are not MD5s of the data.
             ("none", None)
         } else {
             let check = Md5Check::Parts {

@@ -110,8 +110,8 @@ impl Expected {
 }
 
 /// A composite checksum (`<base64>-N`, `x-amz-checksum-type: COMPOSITE`): the checksum of the N parts'
-/// checksums, concatenated in part order. SDKs that upload in parts with a checksum (boto3 and the AWS
-/// CLI v1 send CRC32 by default) leave one. It is checked part by part as the parts stream, so it costs
+/// checksums, concatenated in part order. An SDK that uploads parts with checksums leaves one (boto3
+/// 1.44 sends a CRC32 per part by default). It is checked part by part as the parts stream, so it costs
 /// neither a read-back nor MD5, and unlike the `-N` ETag it still holds under SSE-KMS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Composite {
