@@ -22,6 +22,13 @@ log = open(LOG, "ab", buffering=0)
 corrupted = set()
 
 
+def close_quietly(writer):
+    try:
+        writer.close()
+    except Exception:
+        pass
+
+
 async def pipe(reader, writer):
     try:
         while data := await reader.read(1 << 16):
@@ -30,10 +37,7 @@ async def pipe(reader, writer):
     except (ConnectionError, asyncio.IncompleteReadError):
         pass
     finally:
-        try:
-            writer.close()
-        except Exception:
-            pass
+        close_quietly(writer)
 
 
 async def relay_exact(reader, writer, n):
@@ -42,6 +46,41 @@ async def relay_exact(reader, writer, n):
         writer.write(chunk)
         await writer.drain()
         n -= len(chunk)
+
+
+def framing(lines):
+    """(Content-Length or None, chunked?) from a header block's lines."""
+    length, chunked = None, False
+    for h in lines[1:]:
+        name, _, value = h.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value.strip())
+        elif name == b"transfer-encoding" and b"chunked" in value.lower():
+            chunked = True
+    return length, chunked
+
+
+async def relay_chunked(reader, writer, flip=False):
+    """Relay a chunked body; with flip, one byte in the middle of its first non-empty chunk is flipped.
+    Returns whether a byte was flipped."""
+    flipped = False
+    while True:
+        size_line = await reader.readuntil(b"\r\n")
+        writer.write(size_line)
+        n = int(size_line.split(b";")[0].strip(), 16)
+        if n == 0:
+            while (trailer := await reader.readuntil(b"\r\n")) != b"\r\n":
+                writer.write(trailer)
+            writer.write(b"\r\n")
+            return flipped
+        data = await reader.readexactly(n + 2)
+        if flip and not flipped:
+            data = bytearray(data)
+            data[n // 2] ^= 0x01
+            flipped = True
+        writer.write(data)
+        await writer.drain()
 
 
 def object_key(request_line):
@@ -64,14 +103,7 @@ async def corrupt_responses(reader, writer, asked):
             if 100 <= status < 200:
                 continue  # an interim response: the final one follows for the same request
             request = await asked.get()
-            length, chunked = None, False
-            for h in lines[1:]:
-                name, _, value = h.partition(b":")
-                name = name.strip().lower()
-                if name == b"content-length":
-                    length = int(value.strip())
-                elif name == b"transfer-encoding" and b"chunked" in value.lower():
-                    chunked = True
+            length, chunked = framing(lines)
             if request.startswith(b"HEAD ") or status in (204, 304):
                 await writer.drain()
                 continue
@@ -80,22 +112,8 @@ async def corrupt_responses(reader, writer, asked):
             if flip:
                 corrupted.add(key)  # now, before any await: parts of one key answer concurrently
             if chunked:
-                while True:
-                    size_line = await reader.readuntil(b"\r\n")
-                    writer.write(size_line)
-                    n = int(size_line.split(b";")[0].strip(), 16)
-                    if n == 0:
-                        while (trailer := await reader.readuntil(b"\r\n")) != b"\r\n":
-                            writer.write(trailer)
-                        writer.write(b"\r\n")
-                        break
-                    data = bytearray(await reader.readexactly(n + 2))
-                    if flip:
-                        data[n // 2] ^= 0x01
-                        flip = False
-                        log.write(b"CORRUPTED " + key.encode() + b"\n")
-                    writer.write(data)
-                    await writer.drain()
+                if await relay_chunked(reader, writer, flip):
+                    log.write(b"CORRUPTED " + key.encode() + b"\n")
             elif length is not None:
                 if flip and length > 0:
                     await relay_exact(reader, writer, length // 2)
@@ -112,10 +130,7 @@ async def corrupt_responses(reader, writer, asked):
     except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, IndexError):
         pass
     finally:
-        try:
-            writer.close()
-        except Exception:
-            pass
+        close_quietly(writer)
 
 
 async def handle(creader, cwriter):
@@ -133,36 +148,17 @@ async def handle(creader, cwriter):
             lines = head.split(b"\r\n")
             log.write(lines[0] + b"\n")
             asked.put_nowait(lines[0])
-            length, chunked = 0, False
-            for h in lines[1:]:
-                name, _, value = h.partition(b":")
-                name = name.strip().lower()
-                if name == b"content-length":
-                    length = int(value.strip())
-                elif name == b"transfer-encoding" and b"chunked" in value.lower():
-                    chunked = True
+            length, chunked = framing(lines)
             swriter.write(head)
             if chunked:
-                while True:
-                    size_line = await creader.readuntil(b"\r\n")
-                    swriter.write(size_line)
-                    n = int(size_line.split(b";")[0].strip(), 16)
-                    if n == 0:
-                        while (trailer := await creader.readuntil(b"\r\n")) != b"\r\n":
-                            swriter.write(trailer)
-                        swriter.write(b"\r\n")
-                        break
-                    await relay_exact(creader, swriter, n + 2)
+                await relay_chunked(creader, swriter)
             elif length:
                 await relay_exact(creader, swriter, length)
             await swriter.drain()
     except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ValueError):
         pass
     finally:
-        try:
-            swriter.close()
-        except Exception:
-            pass
+        close_quietly(swriter)
         try:
             await asyncio.wait_for(responses, 30)
         except Exception:
