@@ -1021,7 +1021,7 @@ class Bench:
                            "the server flips one byte in the middle of the body of the first successful GET of "
                            "each key (so in one part or range of a multipart object); later GETs pass unchanged. "
                            "One untimed run per tool into a fresh destination. What the extra CPU of verifying "
-                           "buys (A and B's CPU s/GiB).\n")
+                           "buys (A, B and E's CPU s/GiB).\n")
                 out.append("| tool | corrupted responses served | exit | files kept corrupted | verdict |")
                 out.append("| --- | ---: | ---: | ---: | --- |")
                 for r in srows:
