@@ -340,7 +340,7 @@ class Bench:
         listed = self.list_bucket(bucket)
         if rc != 0 or set(listed) != set(expected):
             raise SystemExit(f"seeding {bucket} failed ({uploader} exit {rc}, {len(listed)} of "
-                             f"{len(expected)} keys listed); see {log}")
+                             f"{len(expected)} keys listed)" + (f"; see {log}" if uploader == "s5cmd" else ""))
         multipart = sum(1 for o in listed.values() if "-" in o["ETag"])
         print(f"   seeded s3://{bucket}: {len(expected)} objects, {sum(items.values()) / MIB:.1f} MiB "
               f"({multipart} multipart) in {time.time() - t0:.1f}s", flush=True)

@@ -24,6 +24,25 @@ use crate::listing::{self, ObjectInfo};
 use crate::plan;
 use crate::verify::{self, Composite, Expected, Hasher, Md5Check, ResponseChecksums};
 
+/// The checksum headers of a GET or a HEAD response: `GetObjectOutput` and `HeadObjectOutput` are
+/// different types with the same accessors, and both must read the same fields.
+macro_rules! response_checksums {
+    ($r:expr) => {{
+        let r = &$r;
+        ResponseChecksums {
+            crc64nvme: r.checksum_crc64_nvme().map(Into::into),
+            crc32c: r.checksum_crc32_c().map(Into::into),
+            crc32: r.checksum_crc32().map(Into::into),
+            sha1: r.checksum_sha1().map(Into::into),
+            sha256: r.checksum_sha256().map(Into::into),
+            checksum_type: r.checksum_type().map(|t| t.as_str().to_owned()),
+            etag: r.e_tag().map(Into::into),
+            sse: r.server_side_encryption().map(|s| s.as_str().to_owned()),
+            sse_customer: r.sse_customer_algorithm().is_some(),
+        }
+    }};
+}
+
 /// Attempts per object (and per part) for failures worth retrying: a cut or short body, a checksum
 /// mismatch, a 5xx that outlived the SDK's own retries.
 const ATTEMPTS: u32 = 4;
@@ -246,17 +265,7 @@ impl Fetcher {
             .send()
             .await
             .map_err(classify)?;
-        let sums = ResponseChecksums {
-            crc64nvme: resp.checksum_crc64_nvme().map(Into::into),
-            crc32c: resp.checksum_crc32_c().map(Into::into),
-            crc32: resp.checksum_crc32().map(Into::into),
-            sha1: resp.checksum_sha1().map(Into::into),
-            sha256: resp.checksum_sha256().map(Into::into),
-            checksum_type: resp.checksum_type().map(|t| t.as_str().to_owned()),
-            etag: resp.e_tag().map(Into::into),
-            sse: resp.server_side_encryption().map(|s| s.as_str().to_owned()),
-            sse_customer: resp.sse_customer_algorithm().is_some(),
-        };
+        let sums = response_checksums!(resp);
         if obj.etag.is_none() && resp.content_length() != Some(obj.size as i64) {
             return Err(FetchError::Changed);
         }
@@ -309,17 +318,7 @@ impl Fetcher {
         if head.content_length() != Some(obj.size as i64) {
             return Err(FetchError::Changed);
         }
-        Ok(ResponseChecksums {
-            crc64nvme: head.checksum_crc64_nvme().map(Into::into),
-            crc32c: head.checksum_crc32_c().map(Into::into),
-            crc32: head.checksum_crc32().map(Into::into),
-            sha1: head.checksum_sha1().map(Into::into),
-            sha256: head.checksum_sha256().map(Into::into),
-            checksum_type: head.checksum_type().map(|t| t.as_str().to_owned()),
-            etag: head.e_tag().map(Into::into),
-            sse: head.server_side_encryption().map(|s| s.as_str().to_owned()),
-            sse_customer: head.sse_customer_algorithm().is_some(),
-        })
+        Ok(response_checksums!(head))
     }
 
     async fn fetch_ranged(&self, obj: &ObjectInfo, target: &Target) -> Result<Fetched, FetchError> {

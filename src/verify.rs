@@ -82,11 +82,7 @@ impl Expected {
 
     pub fn hasher(&self) -> Hasher {
         match self {
-            Expected::Checksum { algo, .. } => Hasher::Smithy(
-                algo.parse::<ChecksumAlgorithm>()
-                    .expect("known algorithm names")
-                    .into_impl(),
-            ),
+            Expected::Checksum { algo, .. } => smithy_hasher(algo),
             Expected::Md5(_) => Hasher::Md5(Md5State::new()),
             Expected::None => Hasher::None,
         }
@@ -116,6 +112,8 @@ impl Expected {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Composite {
     algo: &'static str,
+    /// What `describe` says, e.g. `crc32 (composite)`.
+    label: &'static str,
     /// As the server sent it, `<base64>-N`.
     want: String,
 }
@@ -132,37 +130,29 @@ impl Composite {
             return None;
         }
         let candidates = [
-            ("crc32c", &r.crc32c),
-            ("crc32", &r.crc32),
-            ("sha1", &r.sha1),
-            ("sha256", &r.sha256),
+            ("crc32c", "crc32c (composite)", &r.crc32c),
+            ("crc32", "crc32 (composite)", &r.crc32),
+            ("sha1", "sha1 (composite)", &r.sha1),
+            ("sha256", "sha256 (composite)", &r.sha256),
         ];
-        candidates.into_iter().find_map(|(algo, value)| {
+        candidates.into_iter().find_map(|(algo, label, value)| {
             let v = value.as_deref()?;
             let (b64, n) = v.rsplit_once('-')?;
             (n.parse::<u32>().ok()? == parts && B64.decode(b64).is_ok()).then(|| Composite {
                 algo,
+                label,
                 want: v.to_owned(),
             })
         })
     }
 
     pub fn describe(&self) -> &'static str {
-        match self.algo {
-            "crc32c" => "crc32c (composite)",
-            "crc32" => "crc32 (composite)",
-            "sha1" => "sha1 (composite)",
-            _ => "sha256 (composite)",
-        }
+        self.label
     }
 
     /// A hasher for one part.
     pub fn hasher(&self) -> Hasher {
-        Expected::Checksum {
-            algo: self.algo,
-            digest: Vec::new(),
-        }
-        .hasher()
+        smithy_hasher(self.algo)
     }
 
     /// `parts`: each part's checksum, in part order.
@@ -183,6 +173,15 @@ impl Composite {
             })
         }
     }
+}
+
+/// A hasher for one of the checksum algorithms S3 names (`crc32`, `sha256`, ...).
+fn smithy_hasher(algo: &str) -> Hasher {
+    Hasher::Smithy(
+        algo.parse::<ChecksumAlgorithm>()
+            .expect("known algorithm names")
+            .into_impl(),
+    )
 }
 
 /// An MD5 check left to the commit batch (`atomic::Committer`), where files share SIMD lanes.
