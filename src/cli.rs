@@ -95,6 +95,9 @@ pub struct CronArgs {
     pub endpoint_url: Option<String>,
     #[arg(long)]
     pub force_path_style: bool,
+    /// The job's --state-dir (absolute); default: the backup user's own default.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<String>,
     /// Path of the s3backup binary the job runs.
     #[arg(long, default_value = "/usr/local/bin/s3backup")]
     pub binary: String,
@@ -152,6 +155,7 @@ impl CronArgs {
             region: self.region,
             endpoint_url: self.endpoint_url,
             force_path_style: self.force_path_style,
+            state_dir: self.state_dir,
             log_tag: self.log_tag,
         };
         job.validate()?;

@@ -14,6 +14,8 @@ pub struct CronJob {
     pub region: Option<String>,
     pub endpoint_url: Option<String>,
     pub force_path_style: bool,
+    /// The job's state dir; the appliance keeps it on the data volume beside the backup.
+    pub state_dir: Option<String>,
     pub log_tag: String,
 }
 
@@ -45,8 +47,15 @@ impl CronJob {
         if !user_ok {
             return Err(CronError::User(u.clone()));
         }
-        for (flag, value) in [("--binary", &self.binary), ("--dest", &self.dest)] {
-            if !value.starts_with('/') {
+        let absolute = [
+            ("--binary", Some(&self.binary)),
+            ("--dest", Some(&self.dest)),
+            ("--state-dir", self.state_dir.as_ref()),
+        ];
+        for (flag, value) in absolute {
+            if let Some(value) = value
+                && !value.starts_with('/')
+            {
                 return Err(CronError::NotAbsolute {
                     flag,
                     value: value.clone(),
@@ -60,6 +69,7 @@ impl CronJob {
             ("--prefix", self.prefix.as_ref()),
             ("--region", self.region.as_ref()),
             ("--endpoint-url", self.endpoint_url.as_ref()),
+            ("--state-dir", self.state_dir.as_ref()),
         ];
         for (flag, value) in all {
             if let Some(v) = value
@@ -95,6 +105,7 @@ impl CronJob {
             ("--prefix", &self.prefix),
             ("--region", &self.region),
             ("--endpoint-url", &self.endpoint_url),
+            ("--state-dir", &self.state_dir),
         ] {
             if let Some(v) = v {
                 argv.push(flag.into());
@@ -182,6 +193,7 @@ mod tests {
             region: Some("eu-west-1".into()),
             endpoint_url: None,
             force_path_style: false,
+            state_dir: None,
             log_tag: "s3backup".into(),
         }
     }
@@ -223,6 +235,11 @@ mod tests {
         let mut j = job();
         j.dest = "relative".into();
         assert!(j.render().unwrap_err().to_string().contains("--dest"));
+        let mut j = job();
+        j.state_dir = Some("state".into());
+        assert!(j.render().unwrap_err().to_string().contains("--state-dir"));
+        j.state_dir = Some("/data/state".into());
+        assert!(j.render().unwrap().contains(" --state-dir /data/state "));
         let mut j = job();
         j.bucket = "a\nb".into();
         assert!(j.render().unwrap_err().to_string().contains("--bucket"));
