@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime};
 use tempfile::NamedTempFile;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::catalog::{Catalog, Entry};
 use crate::keypath::TEMP_PREFIX;
 use crate::verify::{self, Md5Check, Mismatch};
 
@@ -104,6 +105,8 @@ struct Job {
     mtime: Option<SystemTime>,
     /// What the file must hash to, checked before it is made durable.
     md5: Option<Md5Check>,
+    /// The catalog row, written once the file is installed.
+    entry: Option<Entry>,
     done: oneshot::Sender<Result<(), CommitError>>,
 }
 
@@ -114,7 +117,10 @@ impl Committer {
     /// mtime, MD5s), then durability and renames. So a batch's MD5s are hashed while the batch before
     /// it is being synced, rather than holding up the syncs. A panic in either would leave its jobs'
     /// senders dropped: their callers see an error.
-    pub fn spawn(max: usize, window: Duration) -> Committer {
+    ///
+    /// With a catalog, each batch's rows are written after its renames are durable and before any of
+    /// its callers hears of success, so once every commit has answered, the catalog holds every file.
+    pub fn spawn(max: usize, window: Duration, catalog: Option<Catalog>) -> Committer {
         let (tx, mut rx) = mpsc::channel::<Job>(max * 2);
         let (checked_tx, mut checked_rx) = mpsc::channel::<Job>(max * 2);
         tokio::spawn(async move {
@@ -137,7 +143,9 @@ impl Committer {
         tokio::spawn(async move {
             // Checked jobs come a batch at a time: take what has arrived, without waiting for more.
             while let Some(batch) = gather(&mut checked_rx, max, Duration::ZERO).await {
-                let _ = tokio::task::spawn_blocking(move || make_durable(batch)).await;
+                let catalog = catalog.clone();
+                let _ = tokio::task::spawn_blocking(move || make_durable(batch, catalog.as_ref()))
+                    .await;
             }
         });
         Committer { tx }
@@ -150,6 +158,7 @@ impl Committer {
         len: u64,
         mtime: Option<SystemTime>,
         md5: Option<Md5Check>,
+        entry: Option<Entry>,
     ) -> Result<(), CommitError> {
         let (done, result) = oneshot::channel();
         let job = Job {
@@ -157,6 +166,7 @@ impl Committer {
             len,
             mtime,
             md5,
+            entry,
             done,
         };
         let stopped = || CommitError::Io(io::Error::other("committer stopped"));
@@ -235,8 +245,9 @@ fn check_batch(batch: Vec<Job>, scratch: &mut Vec<u8>) -> Vec<Job> {
     ready
 }
 
-/// Make every job's data durable, rename it into place, make the renames durable; answer each job.
-fn make_durable(ready: Vec<Job>) {
+/// Make every job's data durable, rename it into place, make the renames durable, record the installed
+/// files in the catalog; answer each job.
+fn make_durable(ready: Vec<Job>, catalog: Option<&Catalog>) {
     // 1. The data of every file durable: one syncfs per file system (a destination may span mounts).
     let mut synced_devs: Vec<(u64, io::Result<()>)> = Vec::new();
     let mut durable = Vec::with_capacity(ready.len());
@@ -259,17 +270,20 @@ fn make_durable(ready: Vec<Job>) {
         }
     }
     // 2. Rename each into place, then make each touched directory durable once.
-    let mut installed: Vec<(PathBuf, oneshot::Sender<Result<(), CommitError>>)> = Vec::new();
+    type Done = oneshot::Sender<Result<(), CommitError>>;
+    let mut installed: Vec<(PathBuf, Option<Entry>, Done)> = Vec::new();
     for job in durable {
         match job.staged.install() {
-            Ok(dir) => installed.push((dir, job.done)),
+            Ok(dir) => installed.push((dir, job.entry, job.done)),
             Err(e) => {
                 let _ = job.done.send(Err(e.into()));
             }
         }
     }
     let mut dirs: Vec<(PathBuf, io::Result<()>)> = Vec::new();
-    for (dir, done) in installed {
+    let mut answers = Vec::with_capacity(installed.len());
+    let mut entries = Vec::new();
+    for (dir, entry, done) in installed {
         let r = match dirs.iter().find(|(d, _)| *d == dir) {
             Some((_, r)) => clone_result(r),
             None => {
@@ -278,6 +292,19 @@ fn make_durable(ready: Vec<Job>) {
                 r
             }
         };
+        if r.is_ok() {
+            entries.extend(entry);
+        }
+        answers.push((done, r));
+    }
+    // 3. The catalog, only for files whose rename is durable. A failure here costs the next run a
+    // download (the file is adopted, or its old row differs from the listing), never a wrong row.
+    if let Some(c) = catalog
+        && let Err(e) = c.record(&entries)
+    {
+        tracing::warn!("{e}: {} files not recorded", entries.len());
+    }
+    for (done, r) in answers {
         let _ = done.send(r.map_err(Into::into));
     }
 }
@@ -365,7 +392,9 @@ mod tests {
     async fn batched_commits_install_every_file_or_report_it() {
         let d = tempfile::tempdir().unwrap();
         fs::create_dir(d.path().join("sub")).unwrap();
-        let c = Committer::spawn(8, Duration::from_millis(20));
+        let state = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(state.path()).unwrap();
+        let c = Committer::spawn(8, Duration::from_millis(20), Some(catalog.clone()));
         let mut waits = Vec::new();
         let fails = |i: i32| i % 5 == 0 || i % 7 == 0;
         for i in 0..20 {
@@ -387,8 +416,14 @@ mod tests {
                 None
             };
             let c = c.clone();
+            let entry = Entry {
+                key: format!("f{i}"),
+                size: len,
+                last_modified: None,
+                etag: Some(format!("\"{i}\"")),
+            };
             waits.push(tokio::spawn(async move {
-                (i, target, c.commit(s, len, None, md5).await)
+                (i, target, c.commit(s, len, None, md5, Some(entry)).await)
             }));
         }
         for w in waits {
@@ -404,6 +439,19 @@ mod tests {
                 assert_eq!(fs::read_to_string(&target).unwrap(), format!("file {i}"));
             }
         }
+        // Every installed file has its row, and no failed one has.
+        let recorded: Vec<String> = catalog
+            .entries()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        let mut installed: Vec<String> = (0..20)
+            .filter(|&i| !fails(i))
+            .map(|i| format!("f{i}"))
+            .collect();
+        installed.sort();
+        assert_eq!(recorded, installed);
         let temps = fs::read_dir(d.path().join("sub"))
             .unwrap()
             .chain(fs::read_dir(d.path()).unwrap());
@@ -418,7 +466,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn batched_commits_check_multipart_etags() {
         let d = tempfile::tempdir().unwrap();
-        let c = Committer::spawn(8, Duration::from_millis(20));
+        let c = Committer::spawn(8, Duration::from_millis(20), None);
         let body: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let ranges = vec![(0, 70_000), (70_000, 140_000), (140_000, 200_000)];
         let mut outer = md5::Md5::new();
@@ -444,7 +492,7 @@ mod tests {
             };
             let c = c.clone();
             waits.push(tokio::spawn(async move {
-                (target, c.commit(s, 200_000, None, Some(check)).await)
+                (target, c.commit(s, 200_000, None, Some(check), None).await)
             }));
         }
         let (good, r) = waits.remove(0).await.unwrap();

@@ -12,10 +12,11 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::atomic;
+use crate::catalog::{self, Catalog};
 use crate::config::Config;
 use crate::fetch::{FetchSettings, Fetched, Fetcher, Target};
 use crate::listing::{self, ListError, ObjectInfo};
-use crate::lock::{LockError, RunGuard};
+use crate::lock::{self, LockError, RunGuard};
 use crate::plan::{Plan, Planner};
 use crate::report::{Failed, Refused, Report, human_bytes};
 
@@ -78,10 +79,21 @@ pub async fn run(
         Some(g)
     };
 
+    let catalog = match &guard {
+        Some(g) => Some(open_catalog(g.dir())?),
+        None => {
+            let dir = lock::dest_state_dir(&config.state_dir, &dest);
+            Catalog::open_read_only(&dir).unwrap_or_else(|e| {
+                tracing::warn!("{e}: the dry run compares size and mtime only");
+                None
+            })
+        }
+    };
+
     let client = crate::s3::client(config)
         .await
         .map_err(|e| RunError::Config(e.to_string()))?;
-    let committer = atomic::Committer::spawn(COMMIT_BATCH, COMMIT_WINDOW);
+    let committer = atomic::Committer::spawn(COMMIT_BATCH, COMMIT_WINDOW, catalog.clone());
     let fetcher = Fetcher::new(
         client.clone(),
         &config.bucket,
@@ -99,7 +111,7 @@ pub async fn run(
     let slots = Arc::new(Semaphore::new(config.concurrency * 2));
     let dest_arc: Arc<Path> = dest.as_path().into();
     let mut tasks: JoinSet<(String, Result<Fetched, String>)> = JoinSet::new();
-    let mut planner = Some(Planner::new(!config.dry_run));
+    let mut planner = Some(Planner::new(!config.dry_run, catalog));
     let mut first_page = true;
 
     while let Some(page) = pages.recv().await {
@@ -126,6 +138,11 @@ pub async fn run(
                         (o, plan)
                     })
                     .collect();
+                match p.record_adopted() {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!("catalog: adopted {n} files already in place"),
+                    Err(e) => tracing::warn!("{e}: adopted files not recorded"),
+                }
                 (p, planned)
             })
             .await
@@ -235,6 +252,34 @@ fn show(pb: &ProgressBar, r: &Report) {
         r.refused.len(),
         r.failed.len()
     ));
+}
+
+/// Open the destination's catalog. One that SQLite cannot read is set aside (kept for inspection) and
+/// a new one started: the backup itself is intact, and the new catalog adopts it file by file.
+fn open_catalog(state: &Path) -> Result<Catalog, RunError> {
+    match Catalog::open(state) {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            let path = state.join(catalog::FILE_NAME);
+            let aside = state.join(format!(
+                "{}.unreadable-{}",
+                catalog::FILE_NAME,
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs())
+            ));
+            tracing::warn!(
+                "{e}; moving it to {} and starting a new one",
+                aside.display()
+            );
+            for suffix in ["", "-wal", "-shm"] {
+                let from = PathBuf::from(format!("{}{suffix}", path.display()));
+                let to = PathBuf::from(format!("{}{suffix}", aside.display()));
+                let _ = std::fs::rename(from, to);
+            }
+            Catalog::open(state).map_err(|e| RunError::Config(e.to_string()))
+        }
+    }
 }
 
 fn listing_error(e: ListError) -> RunError {

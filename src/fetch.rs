@@ -20,6 +20,7 @@ use futures::{StreamExt, TryStreamExt};
 use tokio::sync::Semaphore;
 
 use crate::atomic::{CommitError, Committer, Staged};
+use crate::catalog::Entry;
 use crate::listing::{self, ObjectInfo};
 use crate::plan;
 use crate::verify::{self, Composite, Expected, Hasher, Md5Check, ResponseChecksums};
@@ -557,9 +558,15 @@ impl Fetcher {
         target: &Target,
         md5: Option<Md5Check>,
     ) -> Result<(), FetchError> {
+        let entry = Entry {
+            key: obj.key.clone(),
+            size: obj.size,
+            last_modified: obj.last_modified,
+            etag: obj.etag.clone(),
+        };
         match self
             .committer
-            .commit(staged, obj.size, obj.last_modified, md5)
+            .commit(staged, obj.size, obj.last_modified, md5, Some(entry))
             .await
         {
             Ok(()) => Ok(()),

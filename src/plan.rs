@@ -9,6 +9,7 @@ use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
+use crate::catalog::{Catalog, CatalogError, Entry, Known};
 use crate::keypath::{Mapping, RefuseReason, map_key};
 use crate::listing::ObjectInfo;
 
@@ -16,7 +17,7 @@ use crate::listing::ObjectInfo;
 pub enum Plan {
     /// Download into `dest/<path>`.
     Fetch(PathBuf),
-    /// The local copy has the object's size and LastModified.
+    /// The local copy has the object's size and LastModified, and the catalog its ETag (or no row).
     Unchanged,
     /// A folder marker whose directory exists now (created or already there).
     Folder,
@@ -35,14 +36,29 @@ pub struct Planner {
     last_checked_parent: Option<PathBuf>,
     /// False for a dry run: folder markers are then only checked, never created.
     create_folders: bool,
+    catalog: Option<Catalog>,
+    /// Files from before the catalog (or whose row a crash lost), taken as they are: recorded by
+    /// `record_adopted` once per page.
+    adopted: Vec<Entry>,
 }
 
 impl Planner {
-    pub fn new(create_folders: bool) -> Planner {
+    pub fn new(create_folders: bool, catalog: Option<Catalog>) -> Planner {
         Planner {
             files: Vec::new(),
             last_checked_parent: None,
             create_folders,
+            catalog,
+            adopted: Vec::new(),
+        }
+    }
+
+    /// Write the rows of the files adopted since the last call (none in a dry run: nothing is written).
+    pub fn record_adopted(&mut self) -> Result<usize, CatalogError> {
+        let adopted = std::mem::take(&mut self.adopted);
+        match &self.catalog {
+            Some(c) if self.create_folders => c.record(&adopted).map(|()| adopted.len()),
+            _ => Ok(0),
         }
     }
 
@@ -70,7 +86,12 @@ impl Planner {
             return r;
         }
         let plan = if is_file {
-            local_file_plan(&dest.join(rel), obj, rel)
+            let plan = local_file_plan(&dest.join(rel), obj, rel);
+            if plan == Plan::Unchanged {
+                self.check_catalog(obj, rel)
+            } else {
+                plan
+            }
         } else {
             folder_plan(dest, rel, self.create_folders)
         };
@@ -78,6 +99,29 @@ impl Planner {
             self.files.push(rel_str.to_owned());
         }
         plan
+    }
+
+    /// Size and mtime match; the ETag decides. A file with no row is adopted: before the catalog, size and
+    /// mtime were all there was, and downloading the whole backup again to learn its ETags would cost
+    /// more than the rare same-second overwrite it could find.
+    fn check_catalog(&mut self, obj: &ObjectInfo, rel: &Path) -> Plan {
+        let Some(catalog) = &self.catalog else {
+            return Plan::Unchanged;
+        };
+        match catalog.known(&obj.key) {
+            Ok(Known::Etag(etag)) if etag == obj.etag => Plan::Unchanged,
+            Ok(Known::Etag(_)) => Plan::Fetch(rel.to_path_buf()),
+            Ok(Known::Unknown) => {
+                self.adopted.push(Entry {
+                    key: obj.key.clone(),
+                    size: obj.size,
+                    last_modified: obj.last_modified,
+                    etag: obj.etag.clone(),
+                });
+                Plan::Unchanged
+            }
+            Err(e) => Plan::Error(e.to_string()),
+        }
     }
 
     /// Every existing ancestor of `rel` under `dest` must be a real directory: a file there would be
@@ -183,7 +227,7 @@ mod tests {
         ObjectInfo {
             key: key.into(),
             size,
-            etag: None,
+            etag: Some("\"e1\"".into()),
             last_modified: Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
             checksum_type: None,
         }
@@ -192,7 +236,7 @@ mod tests {
     #[test]
     fn first_listed_file_wins_over_prefix() {
         let d = tempfile::tempdir().unwrap();
-        let mut p = Planner::new(true);
+        let mut p = Planner::new(true, None);
         assert_eq!(p.plan(d.path(), &obj("a", 1)), Plan::Fetch("a".into()));
         assert_eq!(p.plan(d.path(), &obj("a-b", 1)), Plan::Fetch("a-b".into()));
         assert_eq!(
@@ -214,14 +258,14 @@ mod tests {
     #[test]
     fn marker_never_displaces_file() {
         let d = tempfile::tempdir().unwrap();
-        let mut p = Planner::new(true);
+        let mut p = Planner::new(true, None);
         assert_eq!(p.plan(d.path(), &obj("a", 1)), Plan::Fetch("a".into()));
         assert_eq!(
             p.plan(d.path(), &obj("a/", 0)),
             Plan::Refused(RefuseReason::MarkerOverFile)
         );
         fs::write(d.path().join("f"), b"x").unwrap();
-        let mut p = Planner::new(true);
+        let mut p = Planner::new(true, None);
         assert_eq!(
             p.plan(d.path(), &obj("f/", 0)),
             Plan::Refused(RefuseReason::MarkerOverFile)
@@ -233,7 +277,7 @@ mod tests {
     fn existing_local_file_is_never_displaced_by_a_new_prefix() {
         let d = tempfile::tempdir().unwrap();
         fs::write(d.path().join("old"), b"kept").unwrap();
-        let mut p = Planner::new(true);
+        let mut p = Planner::new(true, None);
         assert_eq!(
             p.plan(d.path(), &obj("old/new", 1)),
             Plan::Refused(RefuseReason::ParentNotDirOnDisk("old".into()))
@@ -250,7 +294,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), d.path().join("link")).unwrap();
-        let mut p = Planner::new(true);
+        let mut p = Planner::new(true, None);
         assert_eq!(
             p.plan(d.path(), &obj("link/x", 1)),
             Plan::Refused(RefuseReason::ParentNotDirOnDisk("link".into()))
@@ -263,7 +307,7 @@ mod tests {
         let o = obj("f", 3);
         let path = d.path().join("f");
         fs::write(&path, b"abc").unwrap();
-        let mut p = Planner::new(true);
+        let mut p = Planner::new(true, None);
         assert_eq!(p.plan(d.path(), &o), Plan::Fetch("f".into()));
         let f = fs::File::options().write(true).open(&path).unwrap();
         f.set_modified(o.last_modified.unwrap()).unwrap();
@@ -275,5 +319,39 @@ mod tests {
         let mut bigger = o.clone();
         bigger.size = 4;
         assert_eq!(p.plan(d.path(), &bigger), Plan::Fetch("f".into()));
+    }
+
+    #[test]
+    fn a_different_etag_is_a_change_whatever_size_and_mtime_say() {
+        let d = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(state.path()).unwrap();
+        let o = obj("f", 3);
+        let path = d.path().join("f");
+        fs::write(&path, b"abc").unwrap();
+        let f = fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(o.last_modified.unwrap()).unwrap();
+        let mut p = Planner::new(true, Some(catalog.clone()));
+        // No row yet: adopted as it is, and recorded with the listed ETag.
+        assert_eq!(p.plan(d.path(), &o), Plan::Unchanged);
+        assert_eq!(p.record_adopted().unwrap(), 1);
+        assert_eq!(catalog.known("f").unwrap(), Known::Etag(o.etag.clone()));
+        assert_eq!(p.plan(d.path(), &o), Plan::Unchanged);
+        assert_eq!(p.record_adopted().unwrap(), 0);
+        // Same size, same second, new ETag: the overwrite S3 made.
+        let mut same_second = o.clone();
+        same_second.etag = Some("\"e2\"".into());
+        assert_eq!(p.plan(d.path(), &same_second), Plan::Fetch("f".into()));
+        // A dry run reads the catalog but records nothing.
+        let mut dry = Planner::new(false, Some(catalog.clone()));
+        fs::write(d.path().join("g"), b"abc").unwrap();
+        let g = fs::File::options()
+            .write(true)
+            .open(d.path().join("g"))
+            .unwrap();
+        g.set_modified(o.last_modified.unwrap()).unwrap();
+        assert_eq!(dry.plan(d.path(), &obj("g", 3)), Plan::Unchanged);
+        assert_eq!(dry.record_adopted().unwrap(), 0);
+        assert_eq!(catalog.known("g").unwrap(), Known::Unknown);
     }
 }

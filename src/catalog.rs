@@ -1,0 +1,257 @@
+//! The per-destination catalog: what the backup wrote, one row per file (key, size, LastModified,
+//! ETag), in an SQLite database in the destination's state folder.
+//!
+//! It is what tells two versions of an object apart when size and LastModified cannot: an overwrite in
+//! the same second with the same size keeps both, but S3 gives it a new ETag. Rows are written in the
+//! commit batch after the renames are durable, so a kill at any instant leaves either the old row (the
+//! next run sees an ETag that differs from the listing and fetches again) or none (the next run adopts
+//! the file by size and mtime): never a row that vouches for bytes the folder does not hold.
+//!
+//! The relative path of a file is its key (the key → path mapping is verbatim or refused), so the key
+//! is the one column that names it.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+/// The database file inside the per-destination state folder.
+pub const FILE_NAME: &str = "catalog.sqlite";
+
+/// Bumped when the schema changes; an older file is migrated by `open`.
+const SCHEMA_VERSION: i64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+#[error("catalog {path}: {source}")]
+pub struct CatalogError {
+    path: PathBuf,
+    #[source]
+    source: rusqlite::Error,
+}
+
+/// One backed-up file as the backup wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub key: String,
+    pub size: u64,
+    pub last_modified: Option<SystemTime>,
+    /// As the listing gave it, quotes included; compared as an opaque string.
+    pub etag: Option<String>,
+}
+
+/// What the catalog says of a file whose size and mtime already match the listing.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Known {
+    /// Written (or adopted) with this ETag.
+    Etag(Option<String>),
+    /// No row: a file from before the catalog, or whose row a crash lost.
+    Unknown,
+}
+
+/// A shared handle: the planner reads (and adopts), the committer writes. SQLite serialises writers
+/// anyway; one connection behind a mutex keeps it to one file handle and no busy retries.
+#[derive(Clone)]
+pub struct Catalog {
+    conn: Arc<Mutex<Connection>>,
+    path: Arc<Path>,
+}
+
+impl Catalog {
+    /// Open (creating when missing) the catalog in `state_dir`.
+    pub fn open(state_dir: &Path) -> Result<Catalog, CatalogError> {
+        let path = state_dir.join(FILE_NAME);
+        let err = |source| CatalogError {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(err)?;
+        // WAL with synchronous=NORMAL: a commit costs no fsync (the checkpoint pays); a power cut may
+        // lose the last commits, which only makes the next run adopt or re-fetch those files.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(err)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(err)?;
+        if version < SCHEMA_VERSION {
+            conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE IF NOT EXISTS files (
+                     key TEXT PRIMARY KEY NOT NULL,
+                     size INTEGER NOT NULL,
+                     last_modified_ns INTEGER,
+                     etag TEXT
+                 ) WITHOUT ROWID;
+                 PRAGMA user_version = 1;
+                 COMMIT;",
+            )
+            .map_err(err)?;
+        }
+        Ok(Catalog {
+            conn: Arc::new(Mutex::new(conn)),
+            path: path.into(),
+        })
+    }
+
+    /// Open an existing catalog read-only (a dry run); `None` when there is none.
+    pub fn open_read_only(state_dir: &Path) -> Result<Option<Catalog>, CatalogError> {
+        let path = state_dir.join(FILE_NAME);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| CatalogError {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Some(Catalog {
+            conn: Arc::new(Mutex::new(conn)),
+            path: path.into(),
+        }))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding it cannot leave SQLite inconsistent (its own transactions see to that).
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn err(&self, source: rusqlite::Error) -> CatalogError {
+        CatalogError {
+            path: self.path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// The ETag the backup recorded for `key`.
+    pub fn known(&self, key: &str) -> Result<Known, CatalogError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached("SELECT etag FROM files WHERE key = ?1")
+            .map_err(|e| self.err(e))?;
+        let row: Option<Option<String>> = stmt
+            .query_row([key], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Ok(row.map_or(Known::Unknown, Known::Etag))
+    }
+
+    /// Record `entries` in one transaction (insert or replace).
+    pub fn record(&self, entries: &[Entry]) -> Result<(), CatalogError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO files (key, size, last_modified_ns, etag)
+                     VALUES (?1, ?2, ?3, ?4)",
+                )
+                .map_err(|e| self.err(e))?;
+            for e in entries {
+                stmt.execute(params![
+                    e.key,
+                    e.size as i64,
+                    e.last_modified.and_then(unix_nanos),
+                    e.etag
+                ])
+                .map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Every row, in key order (tests and, later, verify).
+    pub fn entries(&self) -> Result<Vec<Entry>, CatalogError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached("SELECT key, size, last_modified_ns, etag FROM files ORDER BY key")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(Entry {
+                    key: r.get(0)?,
+                    size: r.get::<_, i64>(1)? as u64,
+                    last_modified: r.get::<_, Option<i64>>(2)?.map(from_unix_nanos),
+                    etag: r.get(3)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+}
+
+fn unix_nanos(t: SystemTime) -> Option<i64> {
+    let d = t.duration_since(UNIX_EPOCH).ok()?;
+    i64::try_from(d.as_nanos()).ok()
+}
+
+fn from_unix_nanos(n: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(n.max(0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(key: &str, etag: &str) -> Entry {
+        Entry {
+            key: key.into(),
+            size: 3,
+            last_modified: Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
+            etag: Some(etag.into()),
+        }
+    }
+
+    #[test]
+    fn records_replace_and_survive_reopening() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Catalog::open(d.path()).unwrap();
+        assert_eq!(c.known("a").unwrap(), Known::Unknown);
+        c.record(&[entry("a", "\"1\""), entry("b\u{1} c/ü", "\"2\"")])
+            .unwrap();
+        c.record(&[entry("a", "\"3\"")]).unwrap();
+        drop(c);
+        let c = Catalog::open(d.path()).unwrap();
+        assert_eq!(c.known("a").unwrap(), Known::Etag(Some("\"3\"".into())));
+        assert_eq!(
+            c.known("b\u{1} c/ü").unwrap(),
+            Known::Etag(Some("\"2\"".into()))
+        );
+        let all = c.entries().unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0], entry("a", "\"3\""));
+        let ro = Catalog::open_read_only(d.path()).unwrap().unwrap();
+        assert_eq!(ro.known("a").unwrap(), Known::Etag(Some("\"3\"".into())));
+        assert!(
+            Catalog::open_read_only(tempfile::tempdir().unwrap().path())
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_database_is_a_named_error() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join(FILE_NAME), vec![7u8; 4096]).unwrap();
+        let e = Catalog::open(d.path()).err().expect("not a database");
+        assert!(e.to_string().contains(FILE_NAME), "{e}");
+    }
+}
