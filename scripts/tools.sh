@@ -50,21 +50,47 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))
 PY
 }
 
+# seaweed_probe: reads, once per `weed` binary, the flags its `weed mini` takes into $seaweed_flags (one a
+# line), from its help (printed, with exit 2, for -h). Fails when that weed has no `weed mini`.
+seaweed_flags_of=
+seaweed_flags=
+seaweed_probe() {
+  local bin
+  bin=$(command -v weed) || { echo "weed is not on PATH" >&2; return 1; }
+  [ "$seaweed_flags_of" = "$bin" ] && return 0
+  seaweed_flags=$({ weed mini -h 2>&1 || true; } | sed -nE 's/^  (-[A-Za-z0-9._]+)( .*)?$/\1/p')
+  if ! grep -qx -- -s3.port <<<"$seaweed_flags"; then
+    echo "$bin ($(weed version 2>&1 | head -n1)) has no 'weed mini' with -s3.port: SeaweedFS 4.31 or later is needed" >&2
+    return 1
+  fi
+  seaweed_flags_of=$bin
+}
+
 # start_seaweed DIR PORT ACCESS_KEY SECRET_KEY: SeaweedFS on loopback only, its PID in $seaweed_pid.
 # -ip/-ip.bind keep every one of its ports on 127.0.0.1 and -master.telemetry=false keeps it from
 # calling out; the env credentials become its only S3 identity. Every internal port is chosen free
 # here: with weed's defaults, two servers on one machine would talk to each other's master.
+# Works with SeaweedFS 4.31 to 4.48 (scripts/seaweed-compat checks both ends): nixpkgs' seaweedfs, which
+# checks.nextest and the dev shell use, lags the PyPI pin. The flags that turn off or place the extra
+# servers newer releases add (-s3.port.lance: not in 4.31 or 4.40) are passed only when this weed's help
+# lists them, since weed exits 2 on a flag it does not know. The others are always passed, so a weed
+# without them fails to start rather than run off loopback or on default ports.
 start_seaweed() {
   mkdir -p "$1"
-  local p
+  local p flag optional known=()
+  seaweed_probe || return 1
   read -r -a p <<<"$(free_ports 10)"
+  optional=(-admin.ui=false -admin.port="${p[7]}" -admin.port.grpc="${p[8]}" -webdav=false
+    -s3.port.iceberg=0 -s3.port.lance=0)
+  for flag in "${optional[@]}"; do
+    if grep -qxF -- "${flag%%=*}" <<<"$seaweed_flags"; then known+=("$flag"); fi
+  done
   (cd "$1" && TMPDIR="$1" AWS_ACCESS_KEY_ID=$3 AWS_SECRET_ACCESS_KEY=$4 \
     exec weed -logdir="$1" mini -dir="$1" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false \
-    -s3.port="$2" -admin.ui=false -webdav=false -s3.port.iceberg=0 -s3.port.lance=0 \
-    -master.port="${p[0]}" -master.port.grpc="${p[1]}" -volume.port="${p[2]}" \
+    -s3.port="$2" -master.port="${p[0]}" -master.port.grpc="${p[1]}" -volume.port="${p[2]}" \
     -volume.port.grpc="${p[3]}" -filer.port="${p[4]}" -filer.port.grpc="${p[5]}" \
-    -s3.port.grpc="${p[6]}" -admin.port="${p[7]}" -admin.port.grpc="${p[8]}" \
-    -debug.port="${p[9]}" >"$1.log" 2>&1) &
+    -s3.port.grpc="${p[6]}" -debug.port="${p[9]}" "${known[@]}" >"$1.log" 2>&1) &
+  # shellcheck disable=SC2034 # read by the caller
   seaweed_pid=$!
 }
 
