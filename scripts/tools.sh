@@ -24,7 +24,8 @@ fi
 # free_port: an unused TCP port on 127.0.0.1.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# wait_http URL NAME LOG: wait until something answers HTTP at URL (any status), or fail with LOG.
+# wait_http URL NAME LOG [PID]: wait until something answers HTTP at URL (any status), or fail with LOG;
+# at once when PID (the server) has exited, e.g. with weed's exit 2 on a flag it does not know.
 wait_http() {
   for _ in $(seq 1 150); do
     if python3 - "$1" <<'PY' 2>/dev/null; then return 0; fi
@@ -34,6 +35,9 @@ try:
 except urllib.error.HTTPError:
     pass  # any HTTP answer (403 for anonymous S3) means it is up
 PY
+    if [ -n "${4:-}" ] && ! kill -0 "$4" 2>/dev/null; then
+      echo "$2 exited before it answered; its log:" >&2; tail -n 40 "$3" >&2; return 1
+    fi
     sleep 0.2
   done
   echo "$2 did not come up; its log:" >&2; tail -n 40 "$3" >&2; return 1
