@@ -98,17 +98,23 @@ start_seaweed() {
   seaweed_pid=$!
 }
 
-# stop_pid PID...: SIGTERM, a moment's grace, then SIGKILL (weed mini can hang in its shutdown), and
-# wait until each is gone so the next server can take the ports.
+# stop_pid PID...: SIGTERM, 5 s of grace (weed mini takes 2-3 s to shut down), then SIGKILL, and wait
+# (8 s at most in all) until each is gone so the next server can take the ports. Quietly: bash reports
+# a background job that a signal killed ("line N: PID Killed ...") on its stderr when it reaps it, which
+# can happen in any foreground command of the loop, so the loop runs with stderr discarded.
 stop_pid() {
-  local p i alive
-  for p in "$@"; do kill "$p" 2>/dev/null || true; done
-  for i in $(seq 1 50); do
-    alive=0
-    for p in "$@"; do kill -0 "$p" 2>/dev/null && alive=1; done
-    [ "$alive" = 0 ] && break
-    [ "$i" = 20 ] && for p in "$@"; do kill -9 "$p" 2>/dev/null || true; done
-    sleep 0.1
-  done
-  { wait "$@"; } 2>/dev/null || true
+  local p i alive=1
+  {
+    for p in "$@"; do kill "$p" || true; done
+    for i in $(seq 1 80); do
+      alive=0
+      for p in "$@"; do kill -0 "$p" && alive=1; done
+      [ "$alive" = 0 ] && break
+      [ "$i" = 50 ] && for p in "$@"; do kill -9 "$p" || true; done
+      sleep 0.1
+    done
+    # Reaps (and forgets) what the loop did not; never waits for one still alive.
+    [ "$alive" = 1 ] || wait "$@" || true
+  } 2>/dev/null
+  if [ "$alive" = 1 ]; then echo "stop_pid: still running 3 s after SIGKILL: $*" >&2; return 1; fi
 }
