@@ -71,8 +71,9 @@ seaweed_probe() {
 }
 
 # start_seaweed DIR PORT ACCESS_KEY SECRET_KEY: SeaweedFS on loopback only, its PID in $seaweed_pid.
-# -ip/-ip.bind keep every one of its ports on 127.0.0.1 and -master.telemetry=false keeps it from
-# calling out; the env credentials become its only S3 identity. Every internal port is chosen free
+# -ip/-ip.bind keep its ports on 127.0.0.1 (all of them in 4.48; 4.31 and 4.40 still bind the admin
+# server's two on all interfaces, which no flag of theirs changes) and -master.telemetry=false keeps it
+# from calling out; the env credentials become its only S3 identity. Every internal port is chosen free
 # here: with weed's defaults, two servers on one machine would talk to each other's master.
 # Works with SeaweedFS 4.31 to 4.48 (scripts/seaweed-compat checks both ends): nixpkgs' seaweedfs, which
 # checks.nextest and the dev shell use, lags the PyPI pin. The flags that turn off or place the extra
