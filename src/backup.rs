@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use crate::atomic;
 use crate::catalog::{self, Catalog};
 use crate::config::Config;
-use crate::fetch::{FetchSettings, Fetched, Fetcher, Target};
+use crate::fetch::{FetchSettings, Fetched, Fetcher, Target, Unfetched};
 use crate::listing::{self, ListError, ObjectInfo};
 use crate::lock::{self, LockError, RunGuard};
 use crate::plan::{Plan, Planner};
@@ -100,7 +100,8 @@ pub async fn run(
         config.concurrency,
         settings,
         committer,
-    );
+    )
+    .restore_archived(config.restore_archived);
     let mut pages = listing::spawn(
         client,
         config.bucket.clone(),
@@ -110,7 +111,7 @@ pub async fn run(
     // Objects in flight (a few more than requests, so the next GET is ready while others fsync).
     let slots = Arc::new(Semaphore::new(config.concurrency * 2));
     let dest_arc: Arc<Path> = dest.as_path().into();
-    let mut tasks: JoinSet<(String, Result<Fetched, String>)> = JoinSet::new();
+    let mut tasks: JoinSet<(String, Result<Fetched, Unfetched>)> = JoinSet::new();
     let mut planner = Some(Planner::new(!config.dry_run, catalog));
     let mut first_page = true;
 
@@ -196,6 +197,8 @@ pub async fn run(
         show(pb, &report);
     }
     report.elapsed_seconds = started.elapsed().as_secs_f64();
+    // Downloads end in any order; the report names archived keys in listing (byte) order.
+    report.archived.sort_unstable();
 
     if let Some(g) = guard {
         if let Err(e) = g.write_report(&report.to_json()) {
@@ -214,7 +217,7 @@ pub async fn run(
 
 fn record(
     report: &mut Report,
-    done: Result<(String, Result<Fetched, String>), tokio::task::JoinError>,
+    done: Result<(String, Result<Fetched, Unfetched>), tokio::task::JoinError>,
 ) {
     match done {
         Ok((key, Ok(f))) => {
@@ -225,9 +228,14 @@ fn record(
                 report.unverified += 1;
             }
         }
-        Ok((key, Err(error))) => {
+        Ok((key, Err(Unfetched::Failed(error)))) => {
             tracing::warn!(key = ?key, "failed: {error}");
             report.failed.push(Failed { key, error });
+        }
+        Ok((key, Err(Unfetched::Archived { restore_requested }))) => {
+            tracing::debug!(key = ?key, restore_requested, "archived: not restored, not backed up");
+            report.restore_requested += u64::from(restore_requested);
+            report.archived.push(key);
         }
         Err(join) => {
             // A panic in a download task is a bug; account for it rather than lose the count.

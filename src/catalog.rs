@@ -40,15 +40,6 @@ pub struct Entry {
     pub etag: Option<String>,
 }
 
-/// What the catalog says of a file whose size and mtime already match the listing.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Known {
-    /// Written (or adopted) with this ETag.
-    Etag(Option<String>),
-    /// No row: a file from before the catalog, or whose row a crash lost.
-    Unknown,
-}
-
 /// A shared handle: the planner reads (and adopts), the committer writes. SQLite serialises writers
 /// anyway; one connection behind a mutex keeps it to one file handle and no busy retries.
 #[derive(Clone)]
@@ -138,17 +129,22 @@ impl Catalog {
         }
     }
 
-    /// The ETag the backup recorded for `key`.
-    pub fn known(&self, key: &str) -> Result<Known, CatalogError> {
+    /// The row the backup recorded for `key`, if any.
+    pub fn get(&self, key: &str) -> Result<Option<Entry>, CatalogError> {
         let conn = self.lock();
         let mut stmt = conn
-            .prepare_cached("SELECT etag FROM files WHERE key = ?1")
+            .prepare_cached("SELECT size, last_modified_ns, etag FROM files WHERE key = ?1")
             .map_err(|e| self.err(e))?;
-        let row: Option<Option<String>> = stmt
-            .query_row([key], |r| r.get(0))
-            .optional()
-            .map_err(|e| self.err(e))?;
-        Ok(row.map_or(Known::Unknown, Known::Etag))
+        stmt.query_row([key], |r| {
+            Ok(Entry {
+                key: key.to_owned(),
+                size: r.get::<_, i64>(0)? as u64,
+                last_modified: r.get::<_, Option<i64>>(1)?.map(from_unix_nanos),
+                etag: r.get(2)?,
+            })
+        })
+        .optional()
+        .map_err(|e| self.err(e))
     }
 
     /// Record `entries` in one transaction (insert or replace).
@@ -224,22 +220,22 @@ mod tests {
     fn records_replace_and_survive_reopening() {
         let d = tempfile::tempdir().unwrap();
         let c = Catalog::open(d.path()).unwrap();
-        assert_eq!(c.known("a").unwrap(), Known::Unknown);
+        assert_eq!(c.get("a").unwrap(), None);
         c.record(&[entry("a", "\"1\""), entry("b\u{1} c/ü", "\"2\"")])
             .unwrap();
         c.record(&[entry("a", "\"3\"")]).unwrap();
         drop(c);
         let c = Catalog::open(d.path()).unwrap();
-        assert_eq!(c.known("a").unwrap(), Known::Etag(Some("\"3\"".into())));
+        assert_eq!(c.get("a").unwrap(), Some(entry("a", "\"3\"")));
         assert_eq!(
-            c.known("b\u{1} c/ü").unwrap(),
-            Known::Etag(Some("\"2\"".into()))
+            c.get("b\u{1} c/ü").unwrap(),
+            Some(entry("b\u{1} c/ü", "\"2\""))
         );
         let all = c.entries().unwrap();
         assert_eq!(all.len(), 2);
         assert_eq!(all[0], entry("a", "\"3\""));
         let ro = Catalog::open_read_only(d.path()).unwrap().unwrap();
-        assert_eq!(ro.known("a").unwrap(), Known::Etag(Some("\"3\"".into())));
+        assert_eq!(ro.get("a").unwrap(), Some(entry("a", "\"3\"")));
         assert!(
             Catalog::open_read_only(tempfile::tempdir().unwrap().path())
                 .unwrap()

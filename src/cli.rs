@@ -73,6 +73,11 @@ pub struct BackupArgs {
     /// Print exactly one JSON object with the outcome on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Ask S3 to restore archived objects (GLACIER, DEEP_ARCHIVE, INTELLIGENT_TIERING archive tiers;
+    /// Bulk tier) for DAYS days, once each; a later run backs them up. Costs money; 0 = off.
+    #[arg(long, env = "S3BACKUP_RESTORE_ARCHIVED", value_name = "DAYS",
+          value_parser = clap::value_parser!(u32).range(0..=36500))]
+    pub restore_archived: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -98,6 +103,9 @@ pub struct CronArgs {
     /// The job's --state-dir (absolute); default: the backup user's own default.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<String>,
+    /// The job's --restore-archived DAYS (0: off).
+    #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(0..=36500))]
+    pub restore_archived: Option<u32>,
     /// Path of the s3backup binary the job runs.
     #[arg(long, default_value = "/usr/local/bin/s3backup")]
     pub binary: String,
@@ -135,6 +143,7 @@ impl BackupArgs {
             state_dir,
             dry_run: self.dry_run,
             json: self.json,
+            restore_archived: self.restore_archived.filter(|&d| d > 0),
         })
     }
 }
@@ -156,6 +165,7 @@ impl CronArgs {
             endpoint_url: self.endpoint_url,
             force_path_style: self.force_path_style,
             state_dir: self.state_dir,
+            restore_archived: self.restore_archived,
             log_tag: self.log_tag,
         };
         job.validate()?;

@@ -17,6 +17,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub dry_run: bool,
     pub json: bool,
+    /// `--restore-archived DAYS`: ask S3 to restore archived objects for that many days.
+    pub restore_archived: Option<u32>,
 }
 
 pub const DEFAULT_CONCURRENCY: usize = 16;

@@ -16,6 +16,8 @@ pub struct CronJob {
     pub force_path_style: bool,
     /// The job's state dir; the appliance keeps it on the data volume beside the backup.
     pub state_dir: Option<String>,
+    /// `--restore-archived DAYS` (0 or none: off).
+    pub restore_archived: Option<u32>,
     pub log_tag: String,
 }
 
@@ -115,6 +117,10 @@ impl CronJob {
         if self.force_path_style {
             argv.push("--force-path-style".into());
         }
+        if let Some(days) = self.restore_archived.filter(|&d| d > 0) {
+            argv.push("--restore-archived".into());
+            argv.push(days.to_string());
+        }
         let words: Vec<String> = argv.iter().map(|a| sh_quote(a)).collect();
         // Output goes to the system log (journald or syslog), tagged, rather than to cron's mail.
         format!("{} 2>&1 | logger -t {}", words.join(" "), self.log_tag)
@@ -194,6 +200,7 @@ mod tests {
             endpoint_url: None,
             force_path_style: false,
             state_dir: None,
+            restore_archived: None,
             log_tag: "s3backup".into(),
         }
     }
@@ -240,6 +247,10 @@ mod tests {
         assert!(j.render().unwrap_err().to_string().contains("--state-dir"));
         j.state_dir = Some("/data/state".into());
         assert!(j.render().unwrap().contains(" --state-dir /data/state "));
+        j.restore_archived = Some(0);
+        assert!(!j.render().unwrap().contains("--restore-archived"));
+        j.restore_archived = Some(7);
+        assert!(j.render().unwrap().contains(" --restore-archived 7 "));
         let mut j = job();
         j.bucket = "a\nb".into();
         assert!(j.render().unwrap_err().to_string().contains("--bucket"));

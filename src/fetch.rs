@@ -13,14 +13,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use aws_sdk_s3::Client;
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{GlacierJobParameters, RestoreRequest, Tier};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::Semaphore;
 
 use crate::atomic::{CommitError, Committer, Staged};
 use crate::catalog::Entry;
+use crate::errtext::{self, HasStatus};
 use crate::listing::{self, ObjectInfo};
 use crate::plan;
 use crate::verify::{self, Composite, Expected, Hasher, Md5Check, ResponseChecksums};
@@ -80,15 +82,28 @@ pub enum FetchError {
     /// Worth another attempt.
     #[error("{0}")]
     Transient(String),
-    /// Will not get better by retrying now (access denied, archived object, local I/O error).
+    /// Will not get better by retrying now (access denied, local I/O error).
     #[error("{0}")]
     Permanent(String),
+    /// GET answered InvalidObjectState: the object is in an archive tier (GLACIER, DEEP_ARCHIVE, an
+    /// INTELLIGENT_TIERING archive tier) and not restored.
+    #[error("object is archived (restore it before it can be backed up)")]
+    Archived,
     /// `If-Match` failed or the object vanished: it changed since it was listed.
     #[error("object changed since it was listed")]
     Changed,
     /// The server ignored `partNumber` (answered with the whole object): fall back to byte ranges.
     #[error("the server does not support GET by part number")]
     PartsUnsupported,
+}
+
+/// Why an object was not backed up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unfetched {
+    /// A failure, said in one line.
+    Failed(String),
+    /// In an archive tier and not restored: not a failure (it cannot be read until someone restores it).
+    Archived { restore_requested: bool },
 }
 
 /// What was installed.
@@ -148,6 +163,8 @@ pub struct Fetcher {
     /// Set once the server has shown it ignores `partNumber`, so later objects skip the attempt.
     parts_unsupported: Arc<AtomicBool>,
     committer: Committer,
+    /// `--restore-archived DAYS`.
+    restore_days: Option<u32>,
 }
 
 /// How one object is fetched, from what the listing says about it.
@@ -179,6 +196,7 @@ impl Fetcher {
             settings,
             parts_unsupported: Arc::new(AtomicBool::new(false)),
             committer,
+            restore_days: None,
         }
     }
 
@@ -196,8 +214,14 @@ impl Fetcher {
         }
     }
 
+    /// Ask S3 to restore archived objects (Bulk tier, for this many days) as they are met.
+    pub fn restore_archived(mut self, days: Option<u32>) -> Self {
+        self.restore_days = days;
+        self
+    }
+
     /// Download `obj` to `target`, verified, atomically, with retries.
-    pub async fn fetch(&self, obj: &ObjectInfo, target: &Target) -> Result<Fetched, String> {
+    pub async fn fetch(&self, obj: &ObjectInfo, target: &Target) -> Result<Fetched, Unfetched> {
         let mut obj = obj.clone();
         let mut last = String::new();
         for attempt in 0..ATTEMPTS {
@@ -223,7 +247,8 @@ impl Fetcher {
                 Err(FetchError::PartsUnsupported) => {
                     last = "the server answered a ranged GET with the whole object".into();
                 }
-                Err(FetchError::Permanent(e)) => return Err(e),
+                Err(FetchError::Archived) => return Err(self.archived(&obj).await),
+                Err(FetchError::Permanent(e)) => return Err(Unfetched::Failed(e)),
                 Err(FetchError::Transient(e)) => {
                     tracing::debug!(key = %obj.key, attempt, "retrying: {e}");
                     last = e;
@@ -235,7 +260,11 @@ impl Fetcher {
                             last = "object kept changing while being downloaded".into();
                             obj = fresh;
                         }
-                        Ok(None) => return Err("object was deleted while the backup ran".into()),
+                        Ok(None) => {
+                            return Err(Unfetched::Failed(
+                                "object was deleted while the backup ran".into(),
+                            ));
+                        }
                         Err(e) => {
                             last = format!("object changed, and looking it up again failed: {e}")
                         }
@@ -243,7 +272,76 @@ impl Fetcher {
                 }
             }
         }
-        Err(format!("giving up after {ATTEMPTS} attempts: {last}"))
+        Err(Unfetched::Failed(format!(
+            "giving up after {ATTEMPTS} attempts: {last}"
+        )))
+    }
+
+    /// An archived object: with `--restore-archived`, ask for a restore unless one is under way (HEAD's
+    /// `x-amz-restore` says `ongoing-request="true"`); never a second request while one runs.
+    async fn archived(&self, obj: &ObjectInfo) -> Unfetched {
+        let Some(days) = self.restore_days else {
+            return Unfetched::Archived {
+                restore_requested: false,
+            };
+        };
+        let restore_requested = match self.request_restore(obj, days).await {
+            Ok(requested) => requested,
+            Err(e) => {
+                tracing::warn!("{e}");
+                false
+            }
+        };
+        Unfetched::Archived { restore_requested }
+    }
+
+    async fn request_restore(&self, obj: &ObjectInfo, days: u32) -> Result<bool, String> {
+        let _permit = self.requests.acquire().await.expect("never closed");
+        let head = self
+            .client
+            .head_object()
+            .bucket(&*self.bucket)
+            .key(&obj.key)
+            .send()
+            .await
+            .map_err(|e| {
+                errtext::describe(&op("HEAD", &obj.key), errtext::s3_endpoint(), &e).line
+            })?;
+        if head.restore().is_some_and(restore_in_progress) {
+            tracing::debug!(key = %obj.key, "restore already in progress");
+            return Ok(false);
+        }
+        let request = RestoreRequest::builder()
+            .days(i32::try_from(days).unwrap_or(i32::MAX))
+            .glacier_job_parameters(
+                GlacierJobParameters::builder()
+                    .tier(Tier::Bulk)
+                    .build()
+                    .map_err(|e| e.to_string())?,
+            )
+            .build();
+        match self
+            .client
+            .restore_object()
+            .bucket(&*self.bucket)
+            .key(&obj.key)
+            .restore_request(request)
+            .send()
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(key = %obj.key, days, "restore requested (Bulk tier)");
+                Ok(true)
+            }
+            // A restore started since the HEAD (another client): nothing more to ask.
+            Err(e) if e.code() == Some("RestoreAlreadyInProgress") => Ok(false),
+            Err(e) => {
+                Err(
+                    errtext::describe(&op("RestoreObject", &obj.key), errtext::s3_endpoint(), &e)
+                        .line,
+                )
+            }
+        }
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
@@ -265,7 +363,7 @@ impl Fetcher {
             .mutate_request(ask_for_checksums)
             .send()
             .await
-            .map_err(classify)?;
+            .map_err(|e| classify(&op("GET", &obj.key), e))?;
         let sums = response_checksums!(resp);
         if obj.etag.is_none() && resp.content_length() != Some(obj.size as i64) {
             return Err(FetchError::Changed);
@@ -314,7 +412,7 @@ impl Fetcher {
                 .mutate_request(ask_for_checksums)
                 .send()
                 .await
-                .map_err(classify)?
+                .map_err(|e| classify(&op("HEAD", &obj.key), e))?
         };
         if head.content_length() != Some(obj.size as i64) {
             return Err(FetchError::Changed);
@@ -397,7 +495,7 @@ impl Fetcher {
                     .set_if_match(etag.map(str::to_owned))
                     .send()
                     .await
-                    .map_err(classify)?;
+                    .map_err(|e| classify(&op("GET", &obj.key), e))?;
                 write_range(resp.body, file, start, end, Hasher::None).await?;
                 Ok(())
             }
@@ -520,7 +618,7 @@ impl Fetcher {
                     .set_if_match(obj.etag.clone())
                     .send()
                     .await
-                    .map_err(classify)?;
+                    .map_err(|e| classify(&op("GET", &obj.key), e))?;
                 let Some((start, end, total)) = resp.content_range().and_then(parse_content_range)
                 else {
                     return Err(
@@ -585,6 +683,15 @@ struct PartDone {
     digest: Option<Vec<u8>>,
 }
 
+/// HEAD's `x-amz-restore`: `ongoing-request="true"` while a restore runs; `ongoing-request="false",
+/// expiry-date="…"` once the copy is readable.
+fn restore_in_progress(header: &str) -> bool {
+    header
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .any(|(k, v)| k.trim() == "ongoing-request" && v.trim().trim_matches('"') == "true")
+}
+
 /// `"<hex>-N"` → N: the object was uploaded in N parts.
 fn multipart_parts(etag: Option<&str>) -> Option<u32> {
     let (md5, n) = etag?.trim_matches('"').split_once('-')?;
@@ -622,7 +729,7 @@ async fn stream_to_file(
     let mut n = 0u64;
     loop {
         let chunk = body.try_next().await.map_err(|e| {
-            FetchError::Transient(format!("reading body: {}", DisplayErrorContext(&e)))
+            FetchError::Transient(format!("reading body: {}", errtext::root_cause(&e)))
         })?;
         let done = chunk.is_none();
         if let Some(c) = chunk {
@@ -672,7 +779,7 @@ async fn write_range(
     let mut pending_len = 0;
     loop {
         let chunk = body.try_next().await.map_err(|e| {
-            FetchError::Transient(format!("reading body: {}", DisplayErrorContext(&e)))
+            FetchError::Transient(format!("reading body: {}", errtext::root_cause(&e)))
         })?;
         let done = chunk.is_none();
         if let Some(c) = chunk {
@@ -719,35 +826,25 @@ async fn write_range(
     }
 }
 
-fn classify<E, R>(e: SdkError<E, R>) -> FetchError
+/// `GET photos/a.jpg`: the operation and the key, as messages name them.
+fn op(verb: &str, key: &str) -> String {
+    format!("{verb} {}", errtext::key(key))
+}
+
+fn classify<E, R>(what: &str, e: SdkError<E, R>) -> FetchError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + HasStatus,
+    R: std::fmt::Debug + HasStatus + 'static,
 {
-    let status = e.raw_response().map(|r| r.status_code());
-    let code = e.code().map(str::to_owned);
-    let text = DisplayErrorContext(&e).to_string();
-    match (status, code.as_deref()) {
+    let d = errtext::describe(what, errtext::s3_endpoint(), &e);
+    match (d.status, d.code.as_deref()) {
         (Some(412), _) | (_, Some("PreconditionFailed")) => FetchError::Changed,
         (Some(404), _) | (_, Some("NoSuchKey")) => FetchError::Changed,
-        (_, Some("InvalidObjectState")) => FetchError::Permanent(format!(
-            "object is archived (restore it before it can be backed up): {text}"
-        )),
+        (_, Some("InvalidObjectState")) => FetchError::Archived,
         (Some(s), _) if (400..500).contains(&s) && s != 408 && s != 429 => {
-            FetchError::Permanent(text)
+            FetchError::Permanent(d.line)
         }
-        _ => FetchError::Transient(text),
-    }
-}
-
-/// The raw-response type differs between SDK error instantiations; all we need from it is the status.
-pub trait HasStatus {
-    fn status_code(&self) -> u16;
-}
-
-impl HasStatus for aws_sdk_s3::config::http::HttpResponse {
-    fn status_code(&self) -> u16 {
-        self.status().as_u16()
+        _ => FetchError::Transient(d.line),
     }
 }
 
@@ -800,6 +897,16 @@ async fn blocking<T: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restore_header_says_whether_a_restore_runs() {
+        assert!(restore_in_progress("ongoing-request=\"true\""));
+        assert!(restore_in_progress(" ongoing-request = \"true\" "));
+        assert!(!restore_in_progress(
+            "ongoing-request=\"false\", expiry-date=\"Fri, 21 Dec 2012 00:00:00 GMT\""
+        ));
+        assert!(!restore_in_progress(""));
+    }
 
     #[test]
     fn multipart_etags_and_content_ranges_parse() {

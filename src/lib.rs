@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod cron;
+pub mod errtext;
 pub mod fetch;
 pub mod keypath;
 pub mod listing;
@@ -78,8 +79,13 @@ pub fn json_error(exit: Exit, message: &str) -> ExitCode {
 
 fn init_logging(pb: &ProgressBar) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("S3BACKUP_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn"));
+    let filter = EnvFilter::try_from_env("S3BACKUP_LOG").unwrap_or_else(|_| {
+        // The SDK's own warnings are Debug dumps of its types, many lines long; what matters of
+        // them reaches the user through errtext. S3BACKUP_LOG=debug shows them all.
+        EnvFilter::new(
+            "info,aws_config=error,aws_smithy_runtime=error,aws_smithy_http_client=error",
+        )
+    });
     let pb = pb.clone();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -6,10 +6,12 @@
 use std::time::SystemTime;
 
 use aws_sdk_s3::Client;
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::types::{EncodingType, Object};
 use percent_encoding::percent_decode_str;
 use tokio::sync::mpsc;
+
+use crate::errtext;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectInfo {
@@ -30,10 +32,11 @@ pub type Page = Result<Vec<ObjectInfo>, ListError>;
 pub enum ListError {
     #[error("bucket '{bucket}' does not exist")]
     NoSuchBucket { bucket: String },
-    #[error("access denied listing bucket '{bucket}': {detail}")]
-    AccessDenied { bucket: String, detail: String },
-    #[error("listing bucket '{bucket}' failed: {detail}")]
-    Other { bucket: String, detail: String },
+    /// `detail` names the bucket: `listing bucket images: 403 AccessDenied: Access Denied`.
+    #[error("{detail}")]
+    AccessDenied { detail: String },
+    #[error("{detail}")]
+    Other { detail: String },
     #[error("listing returned a key that is not valid URL-encoded UTF-8: {0:?}")]
     BadKey(String),
 }
@@ -108,13 +111,17 @@ where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
     let bucket = bucket.to_owned();
-    let detail = DisplayErrorContext(e).to_string();
-    match e.code() {
+    let d = errtext::describe(
+        &format!("listing bucket {bucket}"),
+        errtext::s3_endpoint(),
+        e,
+    );
+    match d.code.as_deref() {
         Some("NoSuchBucket") => ListError::NoSuchBucket { bucket },
         Some(
             "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AllAccessDisabled",
-        ) => ListError::AccessDenied { bucket, detail },
-        _ => ListError::Other { bucket, detail },
+        ) => ListError::AccessDenied { detail: d.line },
+        _ => ListError::Other { detail: d.line },
     }
 }
 
@@ -132,7 +139,14 @@ pub async fn refresh(
         .encoding_type(EncodingType::Url)
         .send()
         .await
-        .map_err(|e| DisplayErrorContext(&e).to_string())?;
+        .map_err(|e| {
+            errtext::describe(
+                &format!("listing key {}", errtext::key(key)),
+                errtext::s3_endpoint(),
+                &e,
+            )
+            .line
+        })?;
     let url_encoded = out.encoding_type() == Some(&EncodingType::Url);
     for o in out.contents() {
         let info = object_info(o, url_encoded).map_err(|e| e.to_string())?;

@@ -9,7 +9,7 @@ use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use crate::catalog::{Catalog, CatalogError, Entry, Known};
+use crate::catalog::{Catalog, CatalogError, Entry};
 use crate::keypath::{Mapping, RefuseReason, map_key};
 use crate::listing::ObjectInfo;
 
@@ -37,8 +37,8 @@ pub struct Planner {
     /// False for a dry run: folder markers are then only checked, never created.
     create_folders: bool,
     catalog: Option<Catalog>,
-    /// Files from before the catalog (or whose row a crash lost), taken as they are: recorded by
-    /// `record_adopted` once per page.
+    /// Rows to write: files from before the catalog (or whose row a crash lost), taken as they are,
+    /// and files given a new LastModified as mtime; recorded by `record_adopted` once per page.
     adopted: Vec<Entry>,
 }
 
@@ -86,11 +86,10 @@ impl Planner {
             return r;
         }
         let plan = if is_file {
-            let plan = local_file_plan(&dest.join(rel), obj, rel);
-            if plan == Plan::Unchanged {
-                self.check_catalog(obj, rel)
-            } else {
-                plan
+            match local_file_plan(&dest.join(rel), obj, rel) {
+                Plan::Unchanged => self.check_catalog(obj, rel),
+                Plan::Fetch(rel) => self.retime_if_same_bytes(dest, obj, rel),
+                plan => plan,
             }
         } else {
             folder_plan(dest, rel, self.create_folders)
@@ -108,20 +107,57 @@ impl Planner {
         let Some(catalog) = &self.catalog else {
             return Plan::Unchanged;
         };
-        match catalog.known(&obj.key) {
-            Ok(Known::Etag(etag)) if etag == obj.etag => Plan::Unchanged,
-            Ok(Known::Etag(_)) => Plan::Fetch(rel.to_path_buf()),
-            Ok(Known::Unknown) => {
-                self.adopted.push(Entry {
-                    key: obj.key.clone(),
-                    size: obj.size,
-                    last_modified: obj.last_modified,
-                    etag: obj.etag.clone(),
-                });
+        match catalog.get(&obj.key) {
+            Ok(Some(row)) if row.etag == obj.etag => Plan::Unchanged,
+            Ok(Some(_)) => Plan::Fetch(rel.to_path_buf()),
+            Ok(None) => {
+                self.adopted.push(entry_of(obj));
                 Plan::Unchanged
             }
             Err(e) => Plan::Error(e.to_string()),
         }
+    }
+
+    /// The object's LastModified moved but its bytes did not: a copy onto itself, e.g. to change the
+    /// storage class (which is how objects reach GLACIER by hand), keeps the ETag and the size. When the
+    /// file is exactly as the backup wrote it (its mtime is the recorded LastModified) and the ETag is the
+    /// recorded one, only the mtime is brought up to date: no download, and an object that is archived
+    /// now stays backed up rather than becoming unreadable. A file changed locally since (another mtime)
+    /// is fetched as before.
+    fn retime_if_same_bytes(&mut self, dest: &Path, obj: &ObjectInfo, rel: PathBuf) -> Plan {
+        let (Some(catalog), Some(listed_mtime), Some(_)) =
+            (&self.catalog, obj.last_modified, &obj.etag)
+        else {
+            return Plan::Fetch(rel);
+        };
+        let path = dest.join(&rel);
+        let Ok(m) = fs::symlink_metadata(&path) else {
+            return Plan::Fetch(rel);
+        };
+        let same = match catalog.get(&obj.key) {
+            Ok(Some(row)) => {
+                m.is_file()
+                    && m.len() == obj.size
+                    && row.size == obj.size
+                    && row.etag == obj.etag
+                    && row.last_modified.is_some()
+                    && m.modified().ok() == row.last_modified
+            }
+            _ => false,
+        };
+        if !same {
+            return Plan::Fetch(rel);
+        }
+        if self.create_folders {
+            let set = fs::File::open(&path).and_then(|f| f.set_modified(listed_mtime));
+            if let Err(e) = set {
+                tracing::debug!(key = ?obj.key, "could not set the new mtime ({e}): fetching it");
+                return Plan::Fetch(rel);
+            }
+            tracing::debug!(key = ?obj.key, "same ETag and size, new LastModified: mtime updated");
+            self.adopted.push(entry_of(obj));
+        }
+        Plan::Unchanged
     }
 
     /// Every existing ancestor of `rel` under `dest` must be a real directory: a file there would be
@@ -153,6 +189,15 @@ impl Planner {
         }
         self.last_checked_parent = Some(parent.to_path_buf());
         Ok(())
+    }
+}
+
+fn entry_of(obj: &ObjectInfo) -> Entry {
+    Entry {
+        key: obj.key.clone(),
+        size: obj.size,
+        last_modified: obj.last_modified,
+        etag: obj.etag.clone(),
     }
 }
 
@@ -335,7 +380,7 @@ mod tests {
         // No row yet: adopted as it is, and recorded with the listed ETag.
         assert_eq!(p.plan(d.path(), &o), Plan::Unchanged);
         assert_eq!(p.record_adopted().unwrap(), 1);
-        assert_eq!(catalog.known("f").unwrap(), Known::Etag(o.etag.clone()));
+        assert_eq!(catalog.get("f").unwrap(), Some(entry_of(&o)));
         assert_eq!(p.plan(d.path(), &o), Plan::Unchanged);
         assert_eq!(p.record_adopted().unwrap(), 0);
         // Same size, same second, new ETag: the overwrite S3 made.
@@ -352,6 +397,46 @@ mod tests {
         g.set_modified(o.last_modified.unwrap()).unwrap();
         assert_eq!(dry.plan(d.path(), &obj("g", 3)), Plan::Unchanged);
         assert_eq!(dry.record_adopted().unwrap(), 0);
-        assert_eq!(catalog.known("g").unwrap(), Known::Unknown);
+        assert_eq!(catalog.get("g").unwrap(), None);
+    }
+
+    #[test]
+    fn a_new_last_modified_with_the_recorded_etag_only_moves_the_mtime() {
+        let d = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(state.path()).unwrap();
+        let o = obj("f", 3);
+        let path = d.path().join("f");
+        fs::write(&path, b"abc").unwrap();
+        let f = fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(o.last_modified.unwrap()).unwrap();
+        catalog.record(&[entry_of(&o)]).unwrap();
+        let mut copied = o.clone();
+        copied.last_modified = Some(o.last_modified.unwrap() + Duration::from_secs(86_400));
+        // A dry run says unchanged and touches nothing.
+        let mut dry = Planner::new(false, Some(catalog.clone()));
+        assert_eq!(dry.plan(d.path(), &copied), Plan::Unchanged);
+        assert_eq!(
+            fs::metadata(&path).unwrap().modified().unwrap(),
+            o.last_modified.unwrap()
+        );
+        let mut p = Planner::new(true, Some(catalog.clone()));
+        assert_eq!(p.plan(d.path(), &copied), Plan::Unchanged);
+        p.record_adopted().unwrap();
+        assert_eq!(
+            fs::metadata(&path).unwrap().modified().unwrap(),
+            copied.last_modified.unwrap()
+        );
+        assert_eq!(catalog.get("f").unwrap(), Some(entry_of(&copied)));
+        assert_eq!(fs::read(&path).unwrap(), b"abc");
+        // Another ETag, or a file changed locally since it was written: fetched.
+        let mut other = copied.clone();
+        other.last_modified = Some(o.last_modified.unwrap() + Duration::from_secs(2 * 86_400));
+        other.etag = Some("\"e9\"".into());
+        assert_eq!(p.plan(d.path(), &other), Plan::Fetch("f".into()));
+        other.etag = copied.etag.clone();
+        f.set_modified(o.last_modified.unwrap() + Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(p.plan(d.path(), &other), Plan::Fetch("f".into()));
     }
 }

@@ -11,7 +11,7 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Exit {
-    /// Every listed object is backed up.
+    /// Every listed object is backed up (archived objects are listed, not failed).
     Ok = 0,
     /// Some objects failed or were refused; the rest are backed up.
     Partial = 1,
@@ -29,7 +29,7 @@ impl From<Exit> for std::process::ExitCode {
 
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
-  0   every listed object is backed up
+  0   every listed object is backed up (archived objects are listed in the report, not failed)
   1   some objects failed or were refused (named in the summary); the rest are backed up
   2   usage or configuration error (bad flag, unwritable destination, missing bucket, access denied)
   75  another run into the same destination holds the lock";
@@ -61,6 +61,11 @@ pub struct Report {
     pub unverified: u64,
     /// Temp files of an interrupted earlier run removed before this one started.
     pub stale_temp_files_removed: u64,
+    /// Objects in an archive tier (not restored) with no good local copy: not failures, as no run can
+    /// read them until someone restores them (`--restore-archived` asks for that).
+    pub archived: Vec<String>,
+    /// RestoreObject requests this run sent (`--restore-archived`).
+    pub restore_requested: u64,
     pub dry_run: bool,
     /// With `--dry-run`: objects that a real run would download.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -103,6 +108,16 @@ impl Report {
         }
         if self.unverified > 0 {
             let _ = write!(s, "; {} had no checksum to verify against", self.unverified);
+        }
+        if !self.archived.is_empty() {
+            let _ = write!(
+                s,
+                "; {} archived (GLACIER/DEEP_ARCHIVE, not restored; keys at S3BACKUP_LOG=debug)",
+                self.archived.len()
+            );
+            if self.restore_requested > 0 {
+                let _ = write!(s, ", restore requested for {}", self.restore_requested);
+            }
         }
         if let Some(e) = &self.error {
             let _ = write!(s, "\nerror: {e}");
@@ -158,6 +173,8 @@ mod tests {
     fn exit_code_follows_problems() {
         let mut r = Report::default();
         assert_eq!(r.exit(), Exit::Ok);
+        r.archived.push("cold/a.jpg".into());
+        assert_eq!(r.exit(), Exit::Ok, "archived objects are not failures");
         r.refused.push(Refused {
             key: "../x".into(),
             reason: "dot".into(),
@@ -181,6 +198,8 @@ mod tests {
             "elapsed_seconds",
             "refused",
             "failed",
+            "archived",
+            "restore_requested",
         ] {
             assert!(v.get(k).is_some(), "{k}");
         }

@@ -4,12 +4,16 @@
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
+use aws_config::environment::region::EnvironmentVariableRegionProvider;
+use aws_config::meta::region::RegionProviderChain;
+use aws_config::profile::ProfileFileRegionProvider;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{Region, ResponseChecksumValidation};
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 
 use crate::config::Config;
+use crate::errtext;
 
 /// Region used with a custom endpoint when the chain has none: local S3 servers ignore it, but SigV4
 /// needs one.
@@ -38,6 +42,14 @@ pub async fn client(config: &Config) -> Result<aws_sdk_s3::Client, NoRegion> {
         );
     if let Some(r) = &config.region {
         loader = loader.region(Region::new(r.clone()));
+    } else if custom_endpoint(config) {
+        // A local S3 server (MinIO, SeaweedFS) ignores the region; IMDS would not answer off EC2, and
+        // asking it costs seconds and logs warnings. Environment and profile still count.
+        loader = loader.region(
+            RegionProviderChain::first_try(EnvironmentVariableRegionProvider::new())
+                .or_else(ProfileFileRegionProvider::new())
+                .or_else(Region::new(FALLBACK_REGION)),
+        );
     }
     if let Some(e) = &config.endpoint_url {
         loader = loader.endpoint_url(e);
@@ -53,5 +65,19 @@ pub async fn client(config: &Config) -> Result<aws_sdk_s3::Client, NoRegion> {
         }
         s3 = s3.region(Region::new(FALLBACK_REGION));
     }
-    Ok(aws_sdk_s3::Client::from_conf(s3.build()))
+    let s3 = s3.build();
+    errtext::set_s3_endpoint(match (sdk.endpoint_url(), s3.region()) {
+        (Some(url), _) => url.to_owned(),
+        (None, Some(r)) => format!("S3 in {r}"),
+        (None, None) => "S3".to_owned(),
+    });
+    Ok(aws_sdk_s3::Client::from_conf(s3))
+}
+
+/// An endpoint other than AWS's: the flag, or the SDK's standard environment variables.
+fn custom_endpoint(config: &Config) -> bool {
+    config.endpoint_url.is_some()
+        || ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
+            .iter()
+            .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()))
 }
