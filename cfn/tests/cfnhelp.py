@@ -291,6 +291,48 @@ def _ud_replace(old, new):
     return f
 
 
+def _ud_move(line, before):
+    """Move line (removed where it is) to just before the first occurrence of before."""
+    def f(t):
+        ud = t["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]
+        sub = ud["Fn::Base64"]["Fn::Sub"]
+        i = sub.index(line)
+        start = sub.rindex("\n", 0, i) + 1
+        indent = sub[start:i]
+        sub = sub[:start] + sub[i + len(line):]
+        j = sub.index(before)
+        ud["Fn::Base64"]["Fn::Sub"] = sub[:j] + line + indent + sub[j:]
+    return f
+
+
+def _asg(t):
+    return t["Resources"]["AutoScalingGroup"]
+
+
+def _vol(t):
+    return t["Resources"]["BackupVolume"]
+
+
+def _dlm(t):
+    return t["Resources"]["BackupSnapshots"]["Properties"]
+
+
+def _snap_stmt(t, sid):
+    return next(s for s in t["Resources"]["SnapshotRole"]["Properties"]["Policies"][0]
+                ["PolicyDocument"]["Statement"] if s.get("Sid") == sid)
+
+
+def _no_volume(t):
+    t["Resources"].pop("BackupVolume")
+
+
+def _plain_instance(t):
+    t["Resources"]["Instance"] = {
+        "Type": "AWS::EC2::Instance",
+        "Properties": {"LaunchTemplate": {"LaunchTemplateId": {"Ref": "LaunchTemplate"},
+                                          "Version": {"Fn::GetAtt": ["LaunchTemplate", "LatestVersionNumber"]}}}}
+
+
 def _good_bucket(t):
     b = copy.deepcopy(t["Resources"]["ImagesBucket"])
     t["Resources"]["SecondBucket"] = b  # fully configured, but no bucket policy of its own
@@ -333,11 +375,51 @@ MUTANTS = [
     ("ec2_launch_template_imdsv2", "no MetadataOptions",
      lambda t: t["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"]
      .pop("MetadataOptions")),
-    ("ec2_instance_imdsv2", "instance overrides with IMDSv1",
-     lambda t: t["Resources"]["Instance"]["Properties"].update(
-         MetadataOptions={"HttpTokens": "optional", "HttpPutResponseHopLimit": 1})),
-    ("ec2_instance_imdsv2", "instance without the launch template",
-     lambda t: t["Resources"]["Instance"]["Properties"].pop("LaunchTemplate")),
+    ("ec2_no_standalone_instance", "a plain AWS::EC2::Instance", _plain_instance),
+    ("ec2_no_standalone_instance", "a VolumeAttachment", lambda t: t["Resources"].update(Attach={
+        "Type": "AWS::EC2::VolumeAttachment",
+        "Properties": {"Device": "/dev/sdf", "InstanceId": "i-0123456789abcdef0",
+                       "VolumeId": {"Ref": "BackupVolume"}}})),
+    ("ec2_no_standalone_instance", "no Auto Scaling group", lambda t: t["Resources"].pop("AutoScalingGroup")),
+    ("asg_singleton", "MaxSize 2", lambda t: _asg(t)["Properties"].update(MaxSize="2")),
+    ("asg_singleton", "two zones", lambda t: _asg(t)["Properties"].update(
+        AvailabilityZones=["us-east-1a", "us-east-1b"])),
+    ("asg_singleton", "ELB health checks only", lambda t: _asg(t)["Properties"].update(HealthCheckType="ELB")),
+    ("asg_singleton", "launch template pinned to version 1",
+     lambda t: _asg(t)["Properties"]["LaunchTemplate"].update(Version="1")),
+    ("asg_waits_for_signal", "no CreationPolicy", lambda t: _asg(t).pop("CreationPolicy")),
+    ("asg_waits_for_signal", "MinInstancesInService 1",
+     lambda t: _asg(t)["UpdatePolicy"]["AutoScalingRollingUpdate"].update(MinInstancesInService=1)),
+    ("asg_waits_for_signal", "updates do not wait for signals",
+     lambda t: _asg(t)["UpdatePolicy"]["AutoScalingRollingUpdate"].update(WaitOnResourceSignals=False)),
+    ("asg_waits_for_signal", "no UpdatePolicy", lambda t: _asg(t).pop("UpdatePolicy")),
+    ("backup_volume_kept", "no backup volume", _no_volume),
+    ("backup_volume_kept", "DeletionPolicy Delete", lambda t: _vol(t).update(DeletionPolicy="Delete")),
+    ("backup_volume_kept", "UpdateReplacePolicy Retain", lambda t: _vol(t).update(UpdateReplacePolicy="Retain")),
+    ("backup_volume_kept", "gp2", lambda t: _vol(t)["Properties"].update(VolumeType="gp2")),
+    ("backup_volume_kept", "fixed size", lambda t: _vol(t)["Properties"].update(Size=20)),
+    ("backup_volume_kept", "no stack tag", lambda t: _vol(t)["Properties"].update(
+        Tags=[x for x in _vol(t)["Properties"]["Tags"] if x["Key"] != "s3backup:stack"])),
+    ("backup_volume_kept", "root volume kept on termination",
+     lambda t: t["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"]
+     ["BlockDeviceMappings"][0]["Ebs"].update(DeleteOnTermination=False)),
+    ("dlm_daily_snapshots", "no lifecycle policy", lambda t: t["Resources"].pop("BackupSnapshots")),
+    ("dlm_daily_snapshots", "policy disabled", lambda t: _dlm(t).update(State="DISABLED")),
+    ("dlm_daily_snapshots", "weekly snapshots", lambda t: _dlm(t)["PolicyDetails"]["Schedules"][0]
+     ["CreateRule"].update(Interval=168)),
+    ("dlm_daily_snapshots", "keeps 3 snapshots instead of SnapshotRetentionDays days",
+     lambda t: _dlm(t)["PolicyDetails"]["Schedules"][0].update(RetainRule={"Count": 3})),
+    ("dlm_daily_snapshots", "targets every volume tagged app=s3backup",
+     lambda t: _dlm(t)["PolicyDetails"].update(TargetTags=[{"Key": "app", "Value": "s3backup"}])),
+    ("dlm_role_least_privilege", "the broad DLM managed policy",
+     lambda t: t["Resources"]["SnapshotRole"]["Properties"].update(ManagedPolicyArns=[
+         {"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/service-role/AWSDataLifecycleManagerServiceRole"}])),
+    ("dlm_role_least_privilege", "deletes any snapshot",
+     lambda t: _snap_stmt(t, "PruneThisStacksSnapshots").pop("Condition")),
+    ("dlm_role_least_privilege", "CreateSnapshot on '*'",
+     lambda t: _snap_stmt(t, "SnapshotTheBackupVolume").update(Resource="*")),
+    ("dlm_role_least_privilege", "ec2:* for the snapshots",
+     lambda t: _snap_stmt(t, "TagTheSnapshots").update(Action="ec2:*")),
     ("ec2_volumes_encrypted", "unencrypted root volume",
      lambda t: t["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"]
      ["BlockDeviceMappings"][0]["Ebs"].update(Encrypted=False)),
@@ -348,8 +430,6 @@ MUTANTS = [
      lambda t: t["Resources"].update(DataVolume={
          "Type": "AWS::EC2::Volume",
          "Properties": {"Size": 10, "AvailabilityZone": "us-east-1a", "Encrypted": False}})),
-    ("ec2_no_key_pair", "KeyName on the instance",
-     lambda t: t["Resources"]["Instance"]["Properties"].update(KeyName="k")),
     ("ec2_no_key_pair", "KeyName in the launch template",
      lambda t: t["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"]
      .update(KeyName="k")),
@@ -362,13 +442,12 @@ MUTANTS = [
          "Properties": {"GroupId": {"Fn::GetAtt": ["SecurityGroup", "GroupId"]},
                         "IpProtocol": "tcp", "FromPort": 443, "ToPort": 443,
                         "CidrIp": "10.0.0.0/8"}})),
-    ("ec2_instance_waits_for_signal", "no CreationPolicy",
-     lambda t: t["Resources"]["Instance"].pop("CreationPolicy")),
     ("ec2_ami_from_ssm_parameter", "AMI parameter is a plain image id",
      lambda t: t["Parameters"]["AmiParameter"].update(Type="AWS::EC2::Image::Id",
                                                       Default="ami-0123456789abcdef0")),
     ("ec2_ami_from_ssm_parameter", "hard-coded AMI",
-     lambda t: t["Resources"]["Instance"]["Properties"].update(ImageId="ami-0123456789abcdef0")),
+     lambda t: t["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"].update(
+         ImageId="ami-0123456789abcdef0")),
     ("ec2_ami_from_ssm_parameter", "default instance type t3.large",
      lambda t: t["Parameters"]["InstanceType"].update(Default="t3.large")),
     ("iam_role_trusts_ec2_only", "trusts Lambda too",
@@ -379,7 +458,7 @@ MUTANTS = [
          {"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/AdministratorAccess"})),
     ("iam_role_managed_policy_is_ssm_core", "no managed policy (no Session Manager)",
      lambda t: t["Resources"]["InstanceRole"]["Properties"].pop("ManagedPolicyArns")),
-    ("iam_role_inline_policy_exact", "a fourth statement (s3:PutObject)",
+    ("iam_role_inline_policy_exact", "an eighth statement (s3:PutObject)",
      lambda t: t["Resources"]["InstanceRole"]["Properties"]["Policies"][0]["PolicyDocument"]
      ["Statement"].append({"Effect": "Allow", "Action": "s3:PutObject", "Resource": {
          "Fn::Sub": "arn:${AWS::Partition}:s3:::${ImagesBucket}/*"}})),
@@ -392,6 +471,18 @@ MUTANTS = [
      lambda t: _stmt(t, "ReadImages").update(Action=["s3:GetObject", "s3:DeleteObject"])),
     ("iam_role_inline_policy_exact", "s3:* instead of s3:GetObject",
      lambda t: _stmt(t, "ReadImages").update(Action="s3:*")),
+    ("iam_role_inline_policy_exact", "AttachVolume on any volume",
+     lambda t: _stmt(t, "AttachTheBackupVolume").update(
+         Resource={"Fn::Sub": "arn:${AWS::Partition}:ec2:${AWS::Region}:${AWS::AccountId}:volume/*"})),
+    ("iam_role_inline_policy_exact", "AttachVolume to any instance",
+     lambda t: _stmt(t, "AttachToThisStacksInstances").pop("Condition")),
+    ("iam_role_inline_policy_exact", "ec2:* on '*'",
+     lambda t: _stmt(t, "SeeWhoHoldsTheVolume").update(Action="ec2:*")),
+    ("iam_role_inline_policy_exact", "AttachVolume on '*'",
+     lambda t: _stmt(t, "SeeWhoHoldsTheVolume").update(Action="ec2:AttachVolume")),
+    ("iam_role_inline_policy_exact", "signal any stack",
+     lambda t: _stmt(t, "SignalThisStack").update(Resource={
+         "Fn::Sub": "arn:${AWS::Partition}:cloudformation:${AWS::Region}:${AWS::AccountId}:stack/*"})),
     ("iam_no_other_policies", "an extra AWS::IAM::Policy",
      lambda t: t["Resources"].update(Extra={
          "Type": "AWS::IAM::Policy",
@@ -419,7 +510,10 @@ MUTANTS = [
      lambda t: t["Outputs"].pop("SsmStartSessionCommand")),
     ("outputs_for_the_operator", "SSM command without region",
      lambda t: t["Outputs"]["SsmStartSessionCommand"].update(
-         Value={"Fn::Sub": "aws ssm start-session --target ${Instance}"})),
+         Value={"Fn::Sub": t["Outputs"]["SsmStartSessionCommand"]["Value"]["Fn::Sub"].replace(
+             "start-session --region ${AWS::Region} ", "start-session ")})),
+    ("outputs_for_the_operator", "no snapshots command",
+     lambda t: t["Outputs"].pop("SnapshotsCommand")),
     ("userdata_bootstrap_shape", "no checksum check", _ud_replace("sha256sum -c", "true")),
     ("userdata_bootstrap_shape", "no cfn-signal", _ud_replace("cfn-signal", "true")),
     ("userdata_bootstrap_shape", "cron line written by hand", _ud_replace(
@@ -428,6 +522,25 @@ MUTANTS = [
     ("userdata_bootstrap_shape", "write_files defer", _ud_replace(
         "    permissions: '0755'\n", "    permissions: '0755'\n    defer: true\n")),
     ("userdata_bootstrap_shape", "not a cloud-config", _ud_replace("#cloud-config\n", "#!/bin/sh\n")),
+    ("userdata_bootstrap_robust", "trap set after the parameters are read", _ud_move(
+        "trap finish EXIT\n", "FIRST_BACKUP_TIMEOUT=")),
+    ("userdata_bootstrap_robust", "no signal-resource fallback",
+     _ud_replace("cloudformation signal-resource", "cloudformation describe-stacks")),
+    ("userdata_bootstrap_robust", "runuser not checked", _ud_replace("need runuser ", "true runuser ")),
+    ("userdata_bootstrap_robust", "download without a time bound",
+     _ud_replace("timeout -k 5 180 aws --cli-connect-timeout 10 --cli-read-timeout 30 s3 cp", "aws s3 cp")),
+    ("userdata_bootstrap_robust", "dnf without a time bound",
+     _ud_replace("timeout -k 10 600 dnf install", "dnf install")),
+    ("userdata_bootstrap_robust", "cron restarted everywhere",
+     _ud_replace('if [ "$unit" = cron.service ]; then', 'if true; then')),
+    ("userdata_backup_volume", "formats whenever blkid finds nothing",
+     _ud_replace('if [ "$brc" -eq 2 ] && [ -z "$sigs" ]; then', 'if [ "$brc" -eq 2 ]; then')),
+    ("userdata_backup_volume", "mounted by device name",
+     _ud_replace("UUID=$uuid $MNT ext4", "$DEV $MNT ext4")),
+    ("userdata_backup_volume", "mounted without nofail",
+     _ud_replace("defaults,nofail,", "defaults,")),
+    ("userdata_backup_volume", "state on the root volume",
+     _ud_replace('--state-dir "$STATE_DIR"', '--state-dir /var/lib/s3backup')),
 ]
 
 
