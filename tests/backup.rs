@@ -1296,7 +1296,16 @@ fn disk_full_and_read_only_directories_fail_cleanly() {
         .status()
         .is_ok_and(|s| s.success())
     {
-        panic!("this test needs `unshare -m` (root): run the suite as root, as CI does");
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            panic!("running as root, yet `unshare -m` failed: is util-linux installed?");
+        }
+        // The Nix builder and a developer's account: a skip that says why, never a silent pass.
+        eprintln!(
+            "SKIPPED disk_full_and_read_only_directories_fail_cleanly: needs root for a private mount \
+             namespace (`unshare -m`); CI runs it as root"
+        );
+        return;
     }
     let b = Bucket::new(Kind::Seaweed, "diskfull");
     b.put("a/fits.jpg", &bytes(1, 100_000));
