@@ -2,13 +2,18 @@
 """tests/vm/vmcheck.py: the VM test's assertions, made from the host on the powered-off guest's root disk
 (a raw ext4 image, read with debugfs: nothing is mounted, nothing in the guest judges itself).
 
-  vmcheck.py good   IMAGE WORK   the bootstrap installed everything and cron ran the job
-  vmcheck.py badsha IMAGE WORK   a wrong ArtifactSha256: nothing installed, failure signalled
+  vmcheck.py good     IMAGE WORK  a blank backup disk formatted and mounted, everything installed, cron ran
+  vmcheck.py replaced IMAGE WORK  a fresh root with good's backup disk: kept, grown, planted file kept,
+                                  only the new object downloaded, cron ran
+  vmcheck.py unknown  IMAGE WORK  a backup disk that is neither blank nor ours: untouched, failure signalled
+  vmcheck.py badsha   IMAGE WORK  a wrong ArtifactSha256: nothing installed, failure signalled
+  vmcheck.py backup-uid IMAGE WORK  prints the backup user's uid (for tests/vm/run between the boots)
 
 WORK is the scenario's folder from tests/vm/run: it holds scenario.json (what was seeded and the stack's
-parameters), expected/ (the bucket's content as files: seed plus the objects added after the bootstrap)
-and receives dump/ (what is copied out of the image). Prints "ok - ..." / "not ok - ..." lines (the
-caller counts them) and "# ..." notes; exits 1 when a check failed.
+parameters), expected/ (the bucket's content as files: seed plus the objects added after the bootstrap),
+ebs.raw (the backup disk, ext4 without a partition table when the bootstrap made it) and
+ebs.sha256.before, and receives dump/ (what is copied out of the images). Prints "ok - ..." /
+"not ok - ..." lines (the caller counts them) and "# ..." notes; exits 1 when a check failed.
 """
 
 import hashlib
@@ -21,6 +26,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 CFNHELP = os.path.join(REPO, "cfn", "tests", "cfnhelp.py")
+MNT = "/srv/s3backup"
 SCENARIO_SH = os.path.join(REPO, "tests", "e2e", "scenario.sh")
 
 failed = 0
@@ -142,13 +148,44 @@ def common(disk, sc):
     args = disk.read("/var/lib/vmtest/cfn-signal.args")
     codes = (signals or "").split()
     note(f"cfn-signal stub calls: {(args or '(none)').strip()!r}")
-    ok("cfn-signal was called once, for this stack's Instance resource in its region",
+    ok("cfn-signal was called once, for this stack's AutoScalingGroup resource in its region",
        len(codes) == 1 and args is not None
-       and f"--stack {sc['stack_name']} --resource Instance --region {sc['region']}" in args,
+       and f"--stack {sc['stack_name']} --resource AutoScalingGroup --region {sc['region']}" in args,
        f"codes={codes} args={args!r}")
     output_log = disk.read("/var/log/cloud-init-output.log") or ""
     passwd = users(disk.read("/etc/passwd"))
     return {"finish": finish, "codes": codes, "output_log": output_log, "passwd": passwd}
+
+
+def blkid(path, tag):
+    r = subprocess.run(["blkid", "-p", "-o", "value", "-s", tag, path], capture_output=True, text=True)
+    return r.stdout.strip()
+
+
+def fs_bytes(path):
+    r = subprocess.run(["dumpe2fs", "-h", path], capture_output=True, text=True)
+    count = re.search(r"^Block count:\s+(\d+)", r.stdout, re.M)
+    size = re.search(r"^Block size:\s+(\d+)", r.stdout, re.M)
+    return int(count.group(1)) * int(size.group(1)) if count and size else None
+
+
+def check_volume(disk, sc, work, f):
+    """The backup disk: our ext4, in fstab by UUID with nofail, nothing under the mount point on root."""
+    ebs_path = os.path.join(work, "ebs.raw")
+    uuid = blkid(ebs_path, "UUID")
+    ok("the backup disk holds ext4 labelled s3backup-data, no partition table",
+       (blkid(ebs_path, "TYPE"), blkid(ebs_path, "LABEL"), blkid(ebs_path, "PTTYPE")) == ("ext4", "s3backup-data", ""),
+       f"TYPE={blkid(ebs_path, 'TYPE')} LABEL={blkid(ebs_path, 'LABEL')} PTTYPE={blkid(ebs_path, 'PTTYPE')}")
+    fstab = disk.read("/etc/fstab") or ""
+    lines = [line.split() for line in fstab.splitlines() if len(line.split()) >= 4 and line.split()[1] == MNT]
+    ok(f"/etc/fstab mounts it once, by UUID, on {MNT}, ext4, nofail",
+       len(lines) == 1 and lines[0][0] == f"UUID={uuid}" and lines[0][2] == "ext4" and "nofail" in lines[0][3].split(","),
+       fstab)
+    out, _ = disk._run(f"ls -p {MNT}")  # one /inode/mode/uid/gid/name/size/ line an entry
+    names = {line.split("/")[5] for line in out.splitlines() if line.startswith("/")} - {".", ".."}
+    ok(f"the root disk's {MNT} (the mount point) holds nothing: the backup went to the backup disk",
+       disk.exists(MNT) and not names, out)
+    return Disk(ebs_path, os.path.join(work, "dump-ebs")), uuid
 
 
 def check_good(disk, sc, work):
@@ -161,6 +198,8 @@ def check_good(disk, sc, work):
     ok("the bootstrap logged 'first backup complete' and 'done'",
        "first backup complete" in f["output_log"] and re.search(r"s3backup-bootstrap: \S+ done", f["output_log"]),
        f["output_log"][-3000:])
+    ebs, uuid = check_volume(disk, sc, work, f)
+    f["ebs"], f["uuid"] = ebs, uuid
 
     # The binary.
     st = disk.stat("/usr/local/bin/s3backup")
@@ -175,8 +214,12 @@ def check_good(disk, sc, work):
     u = f["passwd"].get(user)
     ok(f"the backup user {user!r} exists and is not root", u is not None and u["uid"] != 0, u)
     uid = u["uid"] if u else None
-    st = disk.stat(bdir)
-    ok(f"{bdir} is a directory owned by {user}, mode 0700",
+    rel = "/" + os.path.relpath(bdir, MNT)
+    st = ebs.stat(rel)
+    ok(f"{bdir} is a directory on the backup disk owned by {user}, mode 0700",
+       st is not None and st["type"] == "directory" and st["uid"] == uid and st["mode"] == 0o700, st)
+    st = ebs.stat("/state")
+    ok(f"{MNT}/state is a directory on the backup disk owned by {user}, mode 0700",
        st is not None and st["type"] == "directory" and st["uid"] == uid and st["mode"] == 0o700, st)
 
     # The cron.d file: owner and mode as on the disk, then the project's own cron.d checker.
@@ -192,6 +235,8 @@ def check_good(disk, sc, work):
         job = [line for line in text.splitlines() if line.strip() and not line.startswith("#") and "=" not in line.split()[0]]
         ok(f"the job's schedule is the test's Schedule parameter ({sc['schedule']}) and runs the installed binary",
            len(job) == 1 and job[0].startswith(f"{sc['schedule']} {user} /usr/local/bin/s3backup "), job)
+        ok(f"the job keeps its state on the backup disk (--state-dir {MNT}/state)",
+           len(job) == 1 and f" --state-dir {MNT}/state " in job[0], job)
     else:
         ok("/etc/cron.d/s3backup could be read", False)
 
@@ -226,12 +271,12 @@ def check_good(disk, sc, work):
     ok(f"the journal has cron's '({user}) CMD (/usr/local/bin/s3backup ...)' line for that run",
        any(0 <= ts(j) - ts(c) < 300 for c in cron_lines for j in job_lines),
        f"CRON CMD lines at {[ts(c) for c in cron_lines]}; job lines at {[ts(j) for j in job_lines]}")
-    state = disk.rdump(f"{u['home'] if u else '/home/' + user}/.local/state/s3backup")
+    state = ebs.rdump("/state")
     reports = []
     if state:
         for d, _, names in os.walk(state):
             reports += [os.path.join(d, n) for n in names if n == "last-run.json"]
-    if ok("exactly one last-run.json in the user's ~/.local/state/s3backup", len(reports) == 1, reports):
+    if ok(f"exactly one last-run.json in {MNT}/state on the backup disk", len(reports) == 1, reports):
         rep = json.load(open(reports[0], encoding="utf-8"))
         note(f"last-run.json: {json.dumps(rep)}")
         rst = os.stat(reports[0])
@@ -241,8 +286,8 @@ def check_good(disk, sc, work):
 
     # The backup tree equals the bucket.
     expected = os.path.join(work, "expected")
-    tree = disk.rdump(bdir)
-    if ok(f"{bdir} could be copied out of the image", tree is not None):
+    tree = ebs.rdump(rel)
+    if ok(f"{bdir} could be copied out of the backup disk", tree is not None):
         r = subprocess.run(["sh", SCENARIO_SH, "assert-tree"], capture_output=True, text=True,
                            env={**os.environ, "DEST": tree, "EXPECTED_DIR": expected})
         ok("the backup tree holds exactly the bucket's objects, each with the same sha256 "
@@ -254,21 +299,55 @@ def check_good(disk, sc, work):
             p = os.path.join(d, n)
             want[os.path.relpath(p, expected)] = os.path.getsize(p)
     got = {o["key"]: o["size"] for o in json.loads(listing)} if listing else None
+    want.pop("planted.txt", None)  # on the backup disk only, never in the bucket
     ok("the bucket's listing in the guest (after the run) is exactly the expected keys and sizes",
        got == want, f"bucket: {got}\nexpected: {want}")
+    return f
 
 
-def check_badsha(disk, sc, work):
+def check_replaced(disk, sc, work):
+    f = check_good(disk, sc, work)
+    log = f["output_log"]
+    with open(os.path.join(os.path.dirname(work), "good-ebs-uuid"), encoding="utf-8") as fh:
+        good_uuid = fh.read().strip()
+    ok("the backup disk was not formatted again: same file system UUID as after the first boot",
+       f["uuid"] == good_uuid and "formatting it" not in log and "holds the backup's file system: keeping it" in log,
+       f"now {f['uuid']}, after the first boot {good_uuid}")
+    size = fs_bytes(os.path.join(work, "ebs.raw"))
+    ok("the file system grew with the enlarged disk (1 GiB -> 1.5 GiB)", size == 1536 << 20, f"{size} bytes")
+    m = re.findall(r"first backup report: (\{.*\})", log)
+    rep = json.loads(m[-1]) if m else {}
+    note(f"first backup after the replacement: {json.dumps(rep)}")
+    between = sum(len(n) for _, _, n in os.walk(os.path.join(work, "vmdata", "between")))
+    before = sum(len(n) for _, _, n in os.walk(os.path.join(os.path.dirname(work), "data", "seed"))) + \
+        sum(len(n) for _, _, n in os.walk(os.path.join(os.path.dirname(work), "data", "late")))
+    ok(f"the first backup after the replacement downloaded only the {between} new object(s): "
+       f"0 of the {before} unchanged ones",
+       rep.get("downloaded") == between and rep.get("unchanged") == before and rep.get("failed") == [], rep)
+    ok("the file planted on the backup disk between the boots is still there (in the tree check too)",
+       f["ebs"].read("/" + os.path.relpath(sc["backup_dir"], MNT) + "/planted.txt") == sc["planted"] + "\n")
+
+
+def check_unknown(disk, sc, work):
     f = common(disk, sc)
     ok("cfn-signal stub got a non-zero exit code", len(f["codes"]) == 1 and f["codes"][0] not in ("", "0"),
        f"codes: {f['codes']}")
-    ok("the bootstrap said the SHA-256 did not match and nothing was installed",
-       "nothing installed" in f["output_log"] and "SHA-256" in f["output_log"], f["output_log"][-3000:])
+    ok("the bootstrap said the device holds something it did not make, and formatted nothing",
+       "holds something this bootstrap did not make: nothing formatted" in f["output_log"], f["output_log"][-3000:])
+    with open(os.path.join(work, "ebs.sha256.before"), encoding="utf-8") as fh:
+        before = fh.read()
+    with open(os.path.join(work, "ebs.raw"), "rb") as fh:
+        now = hashlib.sha256(fh.read()).hexdigest()
+    ok("the backup disk's bytes are unchanged", before.split()[0] == now, f"{before.split()[0]} -> {now}")
+    nothing_installed(disk, sc, f)
+
+
+def nothing_installed(disk, sc, f):
     ok("no /usr/local/bin/s3backup", not disk.exists("/usr/local/bin/s3backup"))
     ok("no /usr/local/bin/.s3backup.new", not disk.exists("/usr/local/bin/.s3backup.new"))
     ok("no /etc/cron.d/s3backup", not disk.exists("/etc/cron.d/s3backup"))
     ok(f"no backup user {sc['backup_user']!r}", sc["backup_user"] not in f["passwd"])
-    ok(f"no {sc['backup_dir']}", not disk.exists(sc["backup_dir"]))
+    ok(f"no fstab line for {MNT}", f" {MNT} " not in (disk.read("/etc/fstab") or ""))
     res_err, st_err = cloud_init_errors(disk)
     # The failing runcmd is reported by cloud-init's scripts-user module, and nothing else failed.
     all_errors = (res_err or []) + [e for errs in (st_err or {}).values() for e in errs]
@@ -277,12 +356,35 @@ def check_badsha(disk, sc, work):
        f"result.json: {res_err}\nstatus.json: {st_err}")
 
 
+def check_badsha(disk, sc, work):
+    f = common(disk, sc)
+    ok("cfn-signal stub got a non-zero exit code", len(f["codes"]) == 1 and f["codes"][0] not in ("", "0"),
+       f"codes: {f['codes']}")
+    ok("the bootstrap said the SHA-256 did not match and nothing was installed",
+       "nothing installed" in f["output_log"] and "SHA-256" in f["output_log"], f["output_log"][-3000:])
+    ok(f"no {sc['backup_dir']}", not disk.exists(sc["backup_dir"]))
+    with open(os.path.join(work, "ebs.sha256.before"), encoding="utf-8") as fh:
+        before = fh.read()
+    with open(os.path.join(work, "ebs.raw"), "rb") as fh:
+        now = hashlib.sha256(fh.read()).hexdigest()
+    ok("the blank backup disk was not touched (the binary is verified first)", before.split()[0] == now)
+    nothing_installed(disk, sc, f)
+
+
+def backup_uid(disk, sc, work):
+    u = users(disk.read("/etc/passwd")).get(sc["backup_user"])
+    if u is None:
+        raise SystemExit(f"no user {sc['backup_user']} in the image")
+    print(u["uid"])
+
+
 def main():
     kind, image, work = sys.argv[1:4]
     with open(os.path.join(work, "scenario.json"), encoding="utf-8") as fh:
         sc = json.load(fh)
     disk = Disk(image, os.path.join(work, "dump"))
-    {"good": check_good, "badsha": check_badsha}[kind](disk, sc, work)
+    {"good": check_good, "replaced": check_replaced, "unknown": check_unknown, "badsha": check_badsha,
+     "backup-uid": backup_uid}[kind](disk, sc, work)
     sys.exit(1 if failed else 0)
 
 

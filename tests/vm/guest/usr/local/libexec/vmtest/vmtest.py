@@ -3,7 +3,10 @@
 
   seed    (vmtest-seed.service, before cloud-init's final stage) mounts the scenario's data disk
           (label vmdata), waits for the S3 server on 127.0.0.1 and creates the buckets: the images bucket
-          with seed/ and the artifact bucket with the binary under its key.
+          with seed/ and the artifact bucket with the binary under its key. The server keeps its data on
+          a disk of its own (label s3data), which a second boot from a fresh root disk gets again: then
+          the buckets exist, and only between/ (objects added between the boots) and the new artifact
+          are put.
   finish  (vmtest-finish.service) waits for /var/lib/cloud/instance/boot-finished (cloud-init's final
           stage is over; `cloud-init status --wait` can return earlier), records the versions under test
           (from dpkg: starting Python programs such as `cloud-init --version` costs seconds under TCG);
@@ -64,14 +67,18 @@ def seed():
                 raise SystemExit(f"vmtest: the S3 server did not come up: {e}")
             time.sleep(2)
     log("S3 server is up")
+    existing = {b["Name"] for b in c.list_buckets().get("Buckets", [])}
     for b in (sc["images_bucket"], sc["artifact_bucket"]):
-        c.create_bucket(Bucket=b)
+        if b not in existing:
+            c.create_bucket(Bucket=b)
     n = 0
-    for key, path in files_under(os.path.join(DATA, "seed")):
-        c.upload_file(path, sc["images_bucket"], key)
-        n += 1
+    for part in ("seed", "between"):
+        for key, path in files_under(os.path.join(DATA, part)):
+            c.upload_file(path, sc["images_bucket"], key)
+            n += 1
     c.upload_file(os.path.join(DATA, "artifact"), sc["artifact_bucket"], sc["artifact_key"])
-    log(f"seeded s3://{sc['images_bucket']} with {n} objects and s3://{sc['artifact_bucket']}/{sc['artifact_key']}")
+    log(f"seeded s3://{sc['images_bucket']} with {n} objects and s3://{sc['artifact_bucket']}/{sc['artifact_key']}"
+        f" (buckets that existed: {sorted(existing)})")
     with open(os.path.join(OUT, "seeded"), "w", encoding="utf-8") as f:
         f.write(f"{n}\n")
 
