@@ -90,9 +90,8 @@ pub async fn run(
         }
     };
 
-    let client = crate::s3::client(config)
-        .await
-        .map_err(|e| RunError::Config(e.to_string()))?;
+    let sdk = crate::s3::sdk_config(config).await;
+    let client = crate::s3::client(config, &sdk).map_err(|e| RunError::Config(e.to_string()))?;
     let committer = atomic::Committer::spawn(COMMIT_BATCH, COMMIT_WINDOW, catalog.clone());
     let fetcher = Fetcher::new(
         client.clone(),
@@ -201,12 +200,6 @@ pub async fn run(
     report.archived.sort_unstable();
 
     if let Some(g) = guard {
-        if let Err(e) = g.write_report(&report.to_json()) {
-            tracing::warn!(
-                "could not write the last-run report in {}: {e}",
-                g.dir().display()
-            );
-        }
         // Every task has ended, so every temp file is committed or removed.
         if let Err(e) = g.finish() {
             tracing::warn!("could not clear the in-progress marker: {e}");

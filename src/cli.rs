@@ -37,7 +37,13 @@ pub enum Command {
     ///
     /// This is the one place the cron job is defined: the CloudFormation bootstrap, the NixOS VM test
     /// and the end-to-end test all install its output.
-    CronEntry(CronArgs),
+    CronEntry(Box<CronArgs>),
+    /// Say whether backups into a destination are healthy, from its state alone (no network).
+    ///
+    /// Prints the last run (time, exit code, counts, error) and the last successful run (time, age).
+    /// Exit 0 when the last success is younger than --max-age hours, 1 when older or when there never
+    /// was one, 2 on usage errors.
+    Status(StatusArgs),
 }
 
 #[derive(Debug, Args)]
@@ -78,6 +84,25 @@ pub struct BackupArgs {
     #[arg(long, env = "S3BACKUP_RESTORE_ARCHIVED", value_name = "DAYS",
           value_parser = clap::value_parser!(u32).range(0..=36500))]
     pub restore_archived: Option<u32>,
+    /// Publish the run's metrics (BackupSucceeded, ObjectsDownloaded, ...) to this CloudWatch namespace,
+    /// dimension Bucket=<bucket>. Its endpoint: the SDK's AWS_ENDPOINT_URL_CLOUDWATCH, not --endpoint-url.
+    #[arg(long, env = "S3BACKUP_CLOUDWATCH_NAMESPACE", value_name = "NS")]
+    pub cloudwatch_namespace: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The backup folder, as given to the backups.
+    #[arg(long, env = "S3BACKUP_DEST", value_name = "DIR")]
+    pub dest: PathBuf,
+    /// The state directory the backups use (default as for a backup).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Hours since the last success that are still healthy.
+    #[arg(long, value_name = "HOURS", default_value_t = crate::status::DEFAULT_MAX_AGE_HOURS)]
+    pub max_age: f64,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -103,6 +128,9 @@ pub struct CronArgs {
     /// The job's --state-dir (absolute); default: the backup user's own default.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<String>,
+    /// The job's --cloudwatch-namespace.
+    #[arg(long, value_name = "NS")]
+    pub cloudwatch_namespace: Option<String>,
     /// The job's --restore-archived DAYS (0: off).
     #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(0..=36500))]
     pub restore_archived: Option<u32>,
@@ -124,14 +152,10 @@ impl BackupArgs {
             config::validate_endpoint(e)?;
         }
         let concurrency = config::validate_concurrency(self.concurrency)?;
-        let state_dir = match self.state_dir {
-            Some(s) => config::absolute(&s)?,
-            None => config::default_state_dir(
-                std::env::var("XDG_STATE_HOME").ok().as_deref(),
-                std::env::var("HOME").ok().as_deref(),
-            )
-            .ok_or(ConfigError::NoStateDir)?,
-        };
+        let state_dir = state_dir(self.state_dir)?;
+        if let Some(ns) = &self.cloudwatch_namespace {
+            config::validate_namespace(ns)?;
+        }
         Ok(Config {
             bucket,
             dest,
@@ -144,6 +168,43 @@ impl BackupArgs {
             dry_run: self.dry_run,
             json: self.json,
             restore_archived: self.restore_archived.filter(|&d| d > 0),
+            cloudwatch_namespace: self.cloudwatch_namespace,
+        })
+    }
+}
+
+/// `--state-dir`, else `$XDG_STATE_HOME/s3backup`, else `$HOME/.local/state/s3backup`.
+fn state_dir(flag: Option<PathBuf>) -> Result<PathBuf, ConfigError> {
+    match flag {
+        Some(s) => config::absolute(&s),
+        None => config::default_state_dir(
+            std::env::var("XDG_STATE_HOME").ok().as_deref(),
+            std::env::var("HOME").ok().as_deref(),
+        )
+        .ok_or(ConfigError::NoStateDir),
+    }
+}
+
+/// What `status` needs, validated.
+pub struct StatusQuery {
+    /// The per-destination state folder.
+    pub dir: PathBuf,
+    pub max_age_hours: f64,
+    pub json: bool,
+}
+
+impl StatusArgs {
+    pub fn into_query(self) -> Result<StatusQuery, ConfigError> {
+        if !(self.max_age.is_finite() && self.max_age > 0.0) {
+            return Err(ConfigError::BadMaxAge(self.max_age.to_string()));
+        }
+        let dest = config::absolute(&self.dest)?;
+        // The backups key their state by the resolved destination.
+        let dest = dest.canonicalize().unwrap_or(dest);
+        Ok(StatusQuery {
+            dir: crate::lock::dest_state_dir(&state_dir(self.state_dir)?, &dest),
+            max_age_hours: self.max_age,
+            json: self.json,
         })
     }
 }
@@ -153,6 +214,9 @@ impl CronArgs {
         config::validate_bucket(&self.bucket)?;
         if let Some(e) = &self.endpoint_url {
             config::validate_endpoint(e)?;
+        }
+        if let Some(ns) = &self.cloudwatch_namespace {
+            config::validate_namespace(ns)?;
         }
         let job = CronJob {
             schedule: self.schedule,
@@ -166,6 +230,7 @@ impl CronArgs {
             force_path_style: self.force_path_style,
             state_dir: self.state_dir,
             restore_archived: self.restore_archived,
+            cloudwatch_namespace: self.cloudwatch_namespace,
             log_tag: self.log_tag,
         };
         job.validate()?;

@@ -19,6 +19,8 @@ pub struct Config {
     pub json: bool,
     /// `--restore-archived DAYS`: ask S3 to restore archived objects for that many days.
     pub restore_archived: Option<u32>,
+    /// `--cloudwatch-namespace NS`: publish the run's metrics there.
+    pub cloudwatch_namespace: Option<String>,
 }
 
 pub const DEFAULT_CONCURRENCY: usize = 16;
@@ -44,6 +46,12 @@ pub enum ConfigError {
         "no state directory: pass --state-dir, or set XDG_STATE_HOME or HOME (default $XDG_STATE_HOME/s3backup, else $HOME/.local/state/s3backup)"
     )]
     NoStateDir,
+    #[error(
+        "--cloudwatch-namespace {0:?}: 1 to 255 letters, digits or '.-_/#: ', not starting with ':' or 'AWS/'"
+    )]
+    BadNamespace(String),
+    #[error("--max-age {0}: must be a positive number of hours")]
+    BadMaxAge(String),
     #[error("cannot resolve relative path {0:?}: {1}")]
     Cwd(String, String),
 }
@@ -53,6 +61,22 @@ pub fn validate_bucket(b: &str) -> Result<(), ConfigError> {
         return Err(ConfigError::BadBucket(b.to_owned()));
     }
     Ok(())
+}
+
+/// CloudWatch's rules for a namespace (PutMetricData rejects anything else, and `AWS/` is AWS's own).
+pub fn validate_namespace(ns: &str) -> Result<(), ConfigError> {
+    let ok = !ns.is_empty()
+        && ns.len() <= 255
+        && !ns.starts_with(':')
+        && !ns.starts_with("AWS/")
+        && ns
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-_/#: ".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::BadNamespace(ns.to_owned()))
+    }
 }
 
 pub fn validate_endpoint(e: &str) -> Result<(), ConfigError> {

@@ -18,6 +18,7 @@ pub struct CronJob {
     pub state_dir: Option<String>,
     /// `--restore-archived DAYS` (0 or none: off).
     pub restore_archived: Option<u32>,
+    pub cloudwatch_namespace: Option<String>,
     pub log_tag: String,
 }
 
@@ -108,6 +109,7 @@ impl CronJob {
             ("--region", &self.region),
             ("--endpoint-url", &self.endpoint_url),
             ("--state-dir", &self.state_dir),
+            ("--cloudwatch-namespace", &self.cloudwatch_namespace),
         ] {
             if let Some(v) = v {
                 argv.push(flag.into());
@@ -201,6 +203,7 @@ mod tests {
             force_path_style: false,
             state_dir: None,
             restore_archived: None,
+            cloudwatch_namespace: None,
             log_tag: "s3backup".into(),
         }
     }
@@ -251,6 +254,12 @@ mod tests {
         assert!(!j.render().unwrap().contains("--restore-archived"));
         j.restore_archived = Some(7);
         assert!(j.render().unwrap().contains(" --restore-archived 7 "));
+        j.cloudwatch_namespace = Some("S3Backup".into());
+        assert!(
+            j.render()
+                .unwrap()
+                .contains(" --cloudwatch-namespace S3Backup ")
+        );
         let mut j = job();
         j.bucket = "a\nb".into();
         assert!(j.render().unwrap_err().to_string().contains("--bucket"));

@@ -14,27 +14,35 @@ pub mod fetch;
 pub mod keypath;
 pub mod listing;
 pub mod lock;
+pub mod metrics;
 pub mod plan;
 pub mod report;
 pub mod s3;
+pub mod status;
 pub mod verify;
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
+use std::time::SystemTime;
 
 use indicatif::ProgressBar;
 
 use crate::backup::RunError;
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, StatusArgs};
 use crate::fetch::FetchSettings;
+use crate::metrics::RunMetrics;
 use crate::report::Exit;
 
 /// Run the parsed command line to completion.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    if let Some(Command::CronEntry(args)) = cli.command {
-        let job = args.into_job()?;
-        print!("{}", job.render()?);
-        return Ok(Exit::Ok.into());
+    match cli.command {
+        Some(Command::CronEntry(args)) => {
+            let job = args.into_job()?;
+            print!("{}", job.render()?);
+            return Ok(Exit::Ok.into());
+        }
+        Some(Command::Status(args)) => return Ok(status_command(args)),
+        None => {}
     }
     let json = cli.backup.json;
     let config = match cli.backup.into_config() {
@@ -46,18 +54,70 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let started = SystemTime::now();
     let outcome = runtime.block_on(backup::run(&config, FetchSettings::default(), &pb));
     pb.finish_and_clear();
-    match outcome {
+    let (exit, mut doc, metrics) = match outcome {
         Ok(report) => {
             eprintln!("{}", report.human_summary(20));
-            if json {
-                println!("{}", report.to_json());
-            }
-            Ok(report.exit().into())
+            let exit = report.exit();
+            let metrics = RunMetrics::of(&report, exit == Exit::Ok);
+            let doc = serde_json::to_value(&report).expect("plain data serialises");
+            (exit, doc, metrics)
         }
-        Err(RunError::Locked(e)) => Ok(fail(json, Exit::Locked, &e.to_string())),
-        Err(RunError::Config(e)) => Ok(fail(json, Exit::Config, &e)),
+        Err(e) => {
+            let exit = match e {
+                RunError::Locked(_) => Exit::Locked,
+                RunError::Config(_) => Exit::Config,
+            };
+            eprintln!("error: {e}");
+            let metrics = RunMetrics {
+                duration: started.elapsed().unwrap_or_default(),
+                ..RunMetrics::default()
+            };
+            (exit, serde_json::json!({ "error": e.to_string() }), metrics)
+        }
+    };
+    doc["exit_code"] = (exit as u8).into();
+    doc["started_at"] = status::timestamp(started).into();
+    doc["finished_at"] = status::timestamp(SystemTime::now()).into();
+    if json {
+        println!("{doc}");
+    }
+    // A dry run is no backup: it leaves no record and says nothing to an alarm.
+    if !config.dry_run {
+        let dest = config.dest.canonicalize().unwrap_or(config.dest.clone());
+        let dir = lock::dest_state_dir(&config.state_dir, &dest);
+        if let Err(e) = status::record(&dir, &doc, exit == Exit::Ok) {
+            tracing::warn!("could not write the run record in {}: {e}", dir.display());
+        }
+        if let Some(ns) = &config.cloudwatch_namespace {
+            runtime.block_on(metrics::publish(&config, ns, &metrics));
+        }
+    }
+    Ok(exit.into())
+}
+
+/// `s3backup status`: the destination's run records, read with no network.
+fn status_command(args: StatusArgs) -> ExitCode {
+    let json = args.json;
+    let query = match args.into_query() {
+        Ok(q) => q,
+        Err(e) => return fail(json, Exit::Config, &e.to_string()),
+    };
+    match status::read(&query.dir, SystemTime::now(), query.max_age_hours) {
+        Ok(st) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&st).expect("plain data serialises")
+                );
+            } else {
+                println!("{}", st.human(query.max_age_hours));
+            }
+            if st.healthy { Exit::Ok } else { Exit::Partial }.into()
+        }
+        Err(e) => fail(json, Exit::Config, &e.to_string()),
     }
 }
 

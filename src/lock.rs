@@ -1,5 +1,5 @@
-//! The state directory: one sub-folder per destination holding its lock, its "a run is in progress"
-//! marker and its last-run report. Kept outside the destination so no key can ever collide with them.
+//! The state directory: one sub-folder per destination holding its lock and its "a run is in progress"
+//! marker (beside the catalog and the run records of `status`). Kept outside the destination so no key can ever collide with them.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -106,17 +106,6 @@ impl RunGuard {
 
     pub fn dir(&self) -> &Path {
         &self.dir
-    }
-
-    /// Write the last-run report atomically.
-    pub fn write_report(&self, json: &str) -> io::Result<()> {
-        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
-        tmp.write_all(json.as_bytes())?;
-        tmp.write_all(b"\n")?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(self.dir.join("last-run.json"))
-            .map_err(|e| e.error)?;
-        Ok(())
     }
 
     /// Called once every temp file of this run is gone: the next run need not sweep.

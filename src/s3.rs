@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
-use aws_config::BehaviorVersion;
 use aws_config::environment::region::EnvironmentVariableRegionProvider;
 use aws_config::meta::region::RegionProviderChain;
 use aws_config::profile::ProfileFileRegionProvider;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, SdkConfig};
 use aws_sdk_s3::config::{Region, ResponseChecksumValidation};
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 
@@ -23,7 +23,10 @@ const FALLBACK_REGION: &str = "us-east-1";
 #[error("no AWS region configured: pass --region, set AWS_REGION, or set region in ~/.aws/config")]
 pub struct NoRegion;
 
-pub async fn client(config: &Config) -> Result<aws_sdk_s3::Client, NoRegion> {
+/// The shared aws-config chain (credentials, region, retries, timeouts, the rustls client) that the S3
+/// and CloudWatch clients are built from. `--endpoint-url` is S3's alone, so it is not set here; the
+/// SDK's own `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_<SERVICE>` variables still apply per service.
+pub async fn sdk_config(config: &Config) -> SdkConfig {
     // rustls with ring: no aws-lc C build, which keeps the static musl build simple.
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
@@ -51,22 +54,30 @@ pub async fn client(config: &Config) -> Result<aws_sdk_s3::Client, NoRegion> {
                 .or_else(Region::new(FALLBACK_REGION)),
         );
     }
-    if let Some(e) = &config.endpoint_url {
-        loader = loader.endpoint_url(e);
+    loader.load().await
+}
+
+/// The region to sign with when the chain found none: only acceptable with a custom endpoint.
+pub fn region_or_fallback(config: &Config, sdk: &SdkConfig) -> Result<Region, NoRegion> {
+    match sdk.region() {
+        Some(r) => Ok(r.clone()),
+        None if custom_endpoint(config) => Ok(Region::new(FALLBACK_REGION)),
+        None => Err(NoRegion),
     }
-    let sdk = loader.load().await;
-    let mut s3 = aws_sdk_s3::config::Builder::from(&sdk)
+}
+
+pub fn client(config: &Config, sdk: &SdkConfig) -> Result<aws_sdk_s3::Client, NoRegion> {
+    let mut s3 = aws_sdk_s3::config::Builder::from(sdk)
         .force_path_style(config.force_path_style)
         // We verify bodies ourselves (see verify.rs); the SDK must not hash them a second time.
-        .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
-    if sdk.region().is_none() {
-        if sdk.endpoint_url().is_none() {
-            return Err(NoRegion);
-        }
-        s3 = s3.region(Region::new(FALLBACK_REGION));
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+        .region(region_or_fallback(config, sdk)?);
+    if let Some(e) = &config.endpoint_url {
+        s3 = s3.endpoint_url(e);
     }
     let s3 = s3.build();
-    errtext::set_s3_endpoint(match (sdk.endpoint_url(), s3.region()) {
+    let endpoint = config.endpoint_url.as_deref().or(sdk.endpoint_url());
+    errtext::set_s3_endpoint(match (endpoint, s3.region()) {
         (Some(url), _) => url.to_owned(),
         (None, Some(r)) => format!("S3 in {r}"),
         (None, None) => "S3".to_owned(),
