@@ -13,12 +13,14 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tempfile::NamedTempFile;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::catalog::{Catalog, Entry};
+use crate::history::History;
 use crate::keypath::TEMP_PREFIX;
 use crate::verify::{self, Md5Check, Mismatch};
 
@@ -44,6 +46,10 @@ impl Staged {
 
     pub fn file(&self) -> &File {
         self.tmp.as_file()
+    }
+
+    pub fn target(&self) -> &Path {
+        &self.target
     }
 
     /// Make the bytes durable and put them at the final path (one file: fsync, rename, fsync dir).
@@ -107,7 +113,8 @@ struct Job {
     md5: Option<Md5Check>,
     /// The catalog row, written once the file is installed.
     entry: Option<Entry>,
-    done: oneshot::Sender<Result<(), CommitError>>,
+    /// Answered with whether an older version was moved to history.
+    done: oneshot::Sender<Result<bool, CommitError>>,
 }
 
 impl Committer {
@@ -120,7 +127,14 @@ impl Committer {
     ///
     /// With a catalog, each batch's rows are written after its renames are durable and before any of
     /// its callers hears of success, so once every commit has answered, the catalog holds every file.
-    pub fn spawn(max: usize, window: Duration, catalog: Option<Catalog>) -> Committer {
+    ///
+    /// With a history, whatever a file replaces is moved there (a rename) just before the new one is.
+    pub fn spawn(
+        max: usize,
+        window: Duration,
+        catalog: Option<Catalog>,
+        history: Option<Arc<History>>,
+    ) -> Committer {
         let (tx, mut rx) = mpsc::channel::<Job>(max * 2);
         let (checked_tx, mut checked_rx) = mpsc::channel::<Job>(max * 2);
         tokio::spawn(async move {
@@ -143,9 +157,11 @@ impl Committer {
         tokio::spawn(async move {
             // Checked jobs come a batch at a time: take what has arrived, without waiting for more.
             while let Some(batch) = gather(&mut checked_rx, max, Duration::ZERO).await {
-                let catalog = catalog.clone();
-                let _ = tokio::task::spawn_blocking(move || make_durable(batch, catalog.as_ref()))
-                    .await;
+                let (catalog, history) = (catalog.clone(), history.clone());
+                let _ = tokio::task::spawn_blocking(move || {
+                    make_durable(batch, catalog.as_ref(), history.as_deref())
+                })
+                .await;
             }
         });
         Committer { tx }
@@ -159,7 +175,7 @@ impl Committer {
         mtime: Option<SystemTime>,
         md5: Option<Md5Check>,
         entry: Option<Entry>,
-    ) -> Result<(), CommitError> {
+    ) -> Result<bool, CommitError> {
         let (done, result) = oneshot::channel();
         let job = Job {
             staged,
@@ -247,7 +263,7 @@ fn check_batch(batch: Vec<Job>, scratch: &mut Vec<u8>) -> Vec<Job> {
 
 /// Make every job's data durable, rename it into place, make the renames durable, record the installed
 /// files in the catalog; answer each job.
-fn make_durable(ready: Vec<Job>, catalog: Option<&Catalog>) {
+fn make_durable(ready: Vec<Job>, catalog: Option<&Catalog>, history: Option<&History>) {
     // 1. The data of every file durable: one syncfs per file system (a destination may span mounts).
     let mut synced_devs: Vec<(u64, io::Result<()>)> = Vec::new();
     let mut durable = Vec::with_capacity(ready.len());
@@ -270,32 +286,50 @@ fn make_durable(ready: Vec<Job>, catalog: Option<&Catalog>) {
         }
     }
     // 2. Rename each into place, then make each touched directory durable once.
-    type Done = oneshot::Sender<Result<(), CommitError>>;
-    let mut installed: Vec<(PathBuf, Option<Entry>, Done)> = Vec::new();
+    type Done = oneshot::Sender<Result<bool, CommitError>>;
+    let mut installed: Vec<(PathBuf, Option<PathBuf>, Option<Entry>, Done)> = Vec::new();
     for job in durable {
+        // The old version goes to history first: from here on it is in one place or the other.
+        let aside = match history.map(|h| h.move_aside(job.staged.target())) {
+            Some(Ok(dir)) => dir,
+            Some(Err(e)) => {
+                let _ = job.done.send(Err(e.into()));
+                continue;
+            }
+            None => None,
+        };
+        let target = job.staged.target().to_path_buf();
         match job.staged.install() {
-            Ok(dir) => installed.push((dir, job.entry, job.done)),
+            Ok(dir) => installed.push((dir, aside, job.entry, job.done)),
             Err(e) => {
+                if let (Some(h), Some(_)) = (history, &aside) {
+                    h.put_back(&target);
+                }
                 let _ = job.done.send(Err(e.into()));
             }
         }
     }
     let mut dirs: Vec<(PathBuf, io::Result<()>)> = Vec::new();
+    let mut sync_once = |dir: PathBuf| match dirs.iter().find(|(d, _)| *d == dir) {
+        Some((_, r)) => clone_result(r),
+        None => {
+            let r = sync_dir(&dir);
+            dirs.push((dir, clone_result(&r)));
+            r
+        }
+    };
     let mut answers = Vec::with_capacity(installed.len());
     let mut entries = Vec::new();
-    for (dir, entry, done) in installed {
-        let r = match dirs.iter().find(|(d, _)| *d == dir) {
-            Some((_, r)) => clone_result(r),
-            None => {
-                let r = sync_dir(&dir);
-                dirs.push((dir, clone_result(&r)));
-                r
-            }
+    for (dir, aside, entry, done) in installed {
+        let moved = aside.is_some();
+        let r = match aside.map(&mut sync_once) {
+            Some(Err(e)) => Err(e),
+            _ => sync_once(dir),
         };
         if r.is_ok() {
             entries.extend(entry);
         }
-        answers.push((done, r));
+        answers.push((done, r.map(|()| moved)));
     }
     // 3. The catalog, only for files whose rename is durable. A failure here costs the next run a
     // download (the file is adopted, or its old row differs from the listing), never a wrong row.
@@ -394,7 +428,7 @@ mod tests {
         fs::create_dir(d.path().join("sub")).unwrap();
         let state = tempfile::tempdir().unwrap();
         let catalog = Catalog::open(state.path()).unwrap();
-        let c = Committer::spawn(8, Duration::from_millis(20), Some(catalog.clone()));
+        let c = Committer::spawn(8, Duration::from_millis(20), Some(catalog.clone()), None);
         let mut waits = Vec::new();
         let fails = |i: i32| i % 5 == 0 || i % 7 == 0;
         for i in 0..20 {
@@ -466,7 +500,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn batched_commits_check_multipart_etags() {
         let d = tempfile::tempdir().unwrap();
-        let c = Committer::spawn(8, Duration::from_millis(20), None);
+        let c = Committer::spawn(8, Duration::from_millis(20), None, None);
         let body: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let ranges = vec![(0, 70_000), (70_000, 140_000), (140_000, 200_000)];
         let mut outer = md5::Md5::new();

@@ -15,6 +15,7 @@ use crate::atomic;
 use crate::catalog::{self, Catalog};
 use crate::config::Config;
 use crate::fetch::{FetchSettings, Fetched, Fetcher, Target, Unfetched};
+use crate::history::History;
 use crate::listing::{self, ListError, ObjectInfo};
 use crate::lock::{self, LockError, RunGuard};
 use crate::plan::{Plan, Planner};
@@ -42,7 +43,9 @@ pub async fn run(
     pb: &ProgressBar,
 ) -> Result<Report, RunError> {
     let started = Instant::now();
+    let started_at = std::time::SystemTime::now();
     let mut report = Report {
+        max_delete_percent: config.max_delete_percent,
         dry_run: config.dry_run,
         would_download: config.dry_run.then_some(0),
         ..Report::default()
@@ -92,7 +95,26 @@ pub async fn run(
 
     let sdk = crate::s3::sdk_config(config).await;
     let client = crate::s3::client(config, &sdk).map_err(|e| RunError::Config(e.to_string()))?;
-    let committer = atomic::Committer::spawn(COMMIT_BATCH, COMMIT_WINDOW, catalog.clone());
+    // History is kept by real runs only: a dry run moves nothing.
+    let history = match (&config.history_dir, &guard) {
+        (Some(dir), Some(g)) => {
+            let h = History::open(dir, &dest, started_at).map_err(RunError::Config)?;
+            // Remembered beside the catalog, so `restore --from-history` finds it without the flag.
+            let remembered = g.dir().join(HISTORY_DIR_FILE);
+            if let Err(e) = std::fs::write(&remembered, h.root().as_os_str().as_encoded_bytes()) {
+                tracing::warn!("could not write {}: {e}", remembered.display());
+            }
+            Some(Arc::new(h))
+        }
+        _ => None,
+    };
+    let committer = atomic::Committer::spawn(
+        COMMIT_BATCH,
+        COMMIT_WINDOW,
+        catalog.clone(),
+        history.clone(),
+    );
+    let track_deletions = history.is_some() && catalog.is_some();
     let fetcher = Fetcher::new(
         client.clone(),
         &config.bucket,
@@ -111,7 +133,7 @@ pub async fn run(
     let slots = Arc::new(Semaphore::new(config.concurrency * 2));
     let dest_arc: Arc<Path> = dest.as_path().into();
     let mut tasks: JoinSet<(String, Result<Fetched, Unfetched>)> = JoinSet::new();
-    let mut planner = Some(Planner::new(!config.dry_run, catalog));
+    let mut planner = Some(Planner::new(!config.dry_run, catalog.clone()));
     let mut first_page = true;
 
     while let Some(page) = pages.recv().await {
@@ -138,6 +160,11 @@ pub async fn run(
                         (o, plan)
                     })
                     .collect();
+                if track_deletions
+                    && let Err(e) = p.mark_seen(planned.iter().map(|(o, _)| o.key.as_str()))
+                {
+                    tracing::warn!("{e}: deletions will not be moved to history this run");
+                }
                 match p.record_adopted() {
                     Ok(0) => {}
                     Ok(n) => tracing::debug!("catalog: adopted {n} files already in place"),
@@ -195,6 +222,30 @@ pub async fn run(
         record(&mut report, done);
         show(pb, &report);
     }
+    if let (Some(h), Some(c)) = (&history, &catalog) {
+        // Only a complete listing says what is gone; a broken one says nothing of the keys after it.
+        if report.error.is_none() {
+            let (h, c, d, prefix) = (h.clone(), c.clone(), dest.clone(), config.prefix.clone());
+            let max = config.max_delete_percent;
+            let outcome = tokio::task::spawn_blocking(move || {
+                move_deleted(&h, &c, &d, prefix.as_deref().unwrap_or(""), max)
+            })
+            .await
+            .expect("moving deletions does not panic");
+            match outcome {
+                Ok(Deletions::Moved(n)) => report.deleted_to_history = n,
+                Ok(Deletions::Blocked(n)) => report.max_delete_blocked = Some(n),
+                Err(e) => report.failed.push(Failed {
+                    key: String::new(),
+                    error: format!("moving deleted objects' files to history: {e}"),
+                }),
+            }
+        }
+        match h.prune(std::time::SystemTime::now(), config.keep_days) {
+            Ok(n) => report.history_pruned_runs = n as u64,
+            Err(e) => tracing::warn!("pruning {}: {e}", h.root().display()),
+        }
+    }
     report.elapsed_seconds = started.elapsed().as_secs_f64();
     // Downloads end in any order; the report names archived keys in listing (byte) order.
     report.archived.sort_unstable();
@@ -216,6 +267,7 @@ fn record(
         Ok((key, Ok(f))) => {
             tracing::debug!(key = ?key, bytes = f.bytes, verified = f.verified_with, "downloaded");
             report.downloaded += 1;
+            report.replaced_to_history += u64::from(f.replaced_to_history);
             report.bytes_downloaded += f.bytes;
             if f.verified_with == "none" {
                 report.unverified += 1;
@@ -253,6 +305,59 @@ fn show(pb: &ProgressBar, r: &Report) {
         r.refused.len(),
         r.failed.len()
     ));
+}
+
+/// The file in the per-destination state folder that names the history folder of its backups.
+pub const HISTORY_DIR_FILE: &str = "history-dir";
+
+enum Deletions {
+    Moved(u64),
+    Blocked(u64),
+}
+
+/// Move the files whose objects the complete listing no longer has to history, unless that is more than
+/// `max_percent` of the backed-up files (under `prefix`): then none.
+fn move_deleted(
+    history: &History,
+    catalog: &Catalog,
+    dest: &Path,
+    prefix: &str,
+    max_percent: u8,
+) -> Result<Deletions, String> {
+    let (gone, total) = catalog.unseen(prefix).map_err(|e| e.to_string())?;
+    if gone.is_empty() {
+        return Ok(Deletions::Moved(0));
+    }
+    if gone.len() as u64 * 100 > u64::from(max_percent) * total {
+        tracing::warn!(
+            "{} of {total} backed-up files are gone from the bucket: more than --max-delete {max_percent}%, none moved",
+            gone.len()
+        );
+        return Ok(Deletions::Blocked(gone.len() as u64));
+    }
+    let mut dirs = Vec::new();
+    let mut moved = Vec::new();
+    for e in &gone {
+        let path = dest.join(&e.key);
+        match history.move_aside(&path) {
+            Ok(aside) => {
+                tracing::debug!(key = ?e.key, "gone from the bucket: moved to history");
+                dirs.extend(aside);
+                dirs.extend(path.parent().map(Path::to_path_buf));
+                moved.push(e.key.as_str());
+            }
+            Err(err) => tracing::warn!(key = ?e.key, "could not move to history: {err}"),
+        }
+    }
+    dirs.sort();
+    dirs.dedup();
+    for d in &dirs {
+        atomic::sync_dir(d).map_err(|e| format!("{}: {e}", d.display()))?;
+    }
+    catalog
+        .remove(moved.iter().copied())
+        .map_err(|e| e.to_string())?;
+    Ok(Deletions::Moved(moved.len() as u64))
 }
 
 /// Open the destination's catalog. One that SQLite cannot read is set aside (kept for inspection) and

@@ -174,6 +174,80 @@ impl Catalog {
         tx.commit().map_err(|e| self.err(e))
     }
 
+    /// Note keys the listing returned this run (for `unseen`).
+    pub fn mark_seen<'a>(
+        &self,
+        keys: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), CatalogError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        tx.execute_batch(
+            "CREATE TEMP TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY) WITHOUT ROWID",
+        )
+        .map_err(|e| self.err(e))?;
+        {
+            let mut stmt = tx
+                .prepare_cached("INSERT OR IGNORE INTO temp.seen (key) VALUES (?1)")
+                .map_err(|e| self.err(e))?;
+            for k in keys {
+                stmt.execute([k]).map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Rows under `prefix` that the listing did not return (`mark_seen`), and how many rows are under
+    /// `prefix` in all.
+    pub fn unseen(&self, prefix: &str) -> Result<(Vec<Entry>, u64), CatalogError> {
+        let conn = self.lock();
+        conn.execute_batch(
+            "CREATE TEMP TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY) WITHOUT ROWID",
+        )
+        .map_err(|e| self.err(e))?;
+        // substr() rather than LIKE: keys may hold '%' and '_'.
+        let total: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM files WHERE substr(key, 1, length(?1)) = ?1",
+                [prefix],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        let mut stmt = conn
+            .prepare(
+                "SELECT key, size, last_modified_ns, etag FROM files
+                 WHERE substr(key, 1, length(?1)) = ?1
+                   AND key NOT IN (SELECT key FROM temp.seen) ORDER BY key",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([prefix], |r| {
+                Ok(Entry {
+                    key: r.get(0)?,
+                    size: r.get::<_, i64>(1)? as u64,
+                    last_modified: r.get::<_, Option<i64>>(2)?.map(from_unix_nanos),
+                    etag: r.get(3)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        let gone = rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?;
+        Ok((gone, total as u64))
+    }
+
+    /// Forget `keys` (their files left the destination).
+    pub fn remove<'a>(&self, keys: impl IntoIterator<Item = &'a str>) -> Result<(), CatalogError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        {
+            let mut stmt = tx
+                .prepare_cached("DELETE FROM files WHERE key = ?1")
+                .map_err(|e| self.err(e))?;
+            for k in keys {
+                stmt.execute([k]).map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
     /// Every row, in key order (tests and, later, verify).
     pub fn entries(&self) -> Result<Vec<Entry>, CatalogError> {
         let conn = self.lock();
@@ -234,6 +308,14 @@ mod tests {
         let all = c.entries().unwrap();
         assert_eq!(all.len(), 2);
         assert_eq!(all[0], entry("a", "\"3\""));
+        c.mark_seen(["a"]).unwrap();
+        let (gone, total) = c.unseen("").unwrap();
+        assert_eq!((gone.len(), total), (1, 2));
+        assert_eq!(gone[0].key, "b\u{1} c/ü");
+        assert_eq!(c.unseen("a").unwrap(), (vec![], 1));
+        c.remove(["b\u{1} c/ü"]).unwrap();
+        assert_eq!(c.entries().unwrap().len(), 1);
+        c.record(&[entry("b\u{1} c/ü", "\"2\"")]).unwrap();
         let ro = Catalog::open_read_only(d.path()).unwrap().unwrap();
         assert_eq!(ro.get("a").unwrap(), Some(entry("a", "\"3\"")));
         assert!(

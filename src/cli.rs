@@ -88,6 +88,19 @@ pub struct BackupArgs {
     /// dimension Bucket=<bucket>. Its endpoint: the SDK's AWS_ENDPOINT_URL_CLOUDWATCH, not --endpoint-url.
     #[arg(long, env = "S3BACKUP_CLOUDWATCH_NAMESPACE", value_name = "NS")]
     pub cloudwatch_namespace: Option<String>,
+    /// Keep what the bucket overwrote or deleted: before a file is replaced, and when its object is gone
+    /// from a complete listing, it is moved to DIR/<run-id>/<its path>. DIR must be on the file system
+    /// of --dest, and neither inside it nor containing it.
+    #[arg(long, env = "S3BACKUP_HISTORY_DIR", value_name = "DIR")]
+    pub history_dir: Option<PathBuf>,
+    /// With --history-dir: remove run folders older than N days at the end of a run (0: keep all).
+    #[arg(long, value_name = "N", default_value_t = config::DEFAULT_KEEP_DAYS)]
+    pub keep_days: u32,
+    /// With --history-dir: if a complete listing would move more than this share of the backed-up files
+    /// out of --dest, move none and exit 1 (guards against an emptied bucket or a wrong --prefix).
+    #[arg(long, value_name = "PERCENT", default_value_t = config::DEFAULT_MAX_DELETE_PERCENT,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub max_delete: u8,
 }
 
 #[derive(Debug, Args)]
@@ -131,6 +144,15 @@ pub struct CronArgs {
     /// The job's --cloudwatch-namespace.
     #[arg(long, value_name = "NS")]
     pub cloudwatch_namespace: Option<String>,
+    /// The job's --history-dir (absolute).
+    #[arg(long, value_name = "DIR")]
+    pub history_dir: Option<String>,
+    /// The job's --keep-days.
+    #[arg(long, value_name = "N")]
+    pub keep_days: Option<u32>,
+    /// The job's --max-delete.
+    #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub max_delete: Option<u8>,
     /// The job's --restore-archived DAYS (0: off).
     #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(0..=36500))]
     pub restore_archived: Option<u32>,
@@ -169,6 +191,13 @@ impl BackupArgs {
             json: self.json,
             restore_archived: self.restore_archived.filter(|&d| d > 0),
             cloudwatch_namespace: self.cloudwatch_namespace,
+            history_dir: self
+                .history_dir
+                .as_deref()
+                .map(config::absolute)
+                .transpose()?,
+            keep_days: self.keep_days,
+            max_delete_percent: self.max_delete,
         })
     }
 }
@@ -231,6 +260,9 @@ impl CronArgs {
             state_dir: self.state_dir,
             restore_archived: self.restore_archived,
             cloudwatch_namespace: self.cloudwatch_namespace,
+            history_dir: self.history_dir,
+            keep_days: self.keep_days,
+            max_delete: self.max_delete,
             log_tag: self.log_tag,
         };
         job.validate()?;

@@ -21,9 +21,18 @@ pub struct Config {
     pub restore_archived: Option<u32>,
     /// `--cloudwatch-namespace NS`: publish the run's metrics there.
     pub cloudwatch_namespace: Option<String>,
+    /// `--history-dir DIR` (absolute): replaced and deleted files are moved there.
+    pub history_dir: Option<PathBuf>,
+    /// `--keep-days N`: history run folders older than this are removed (0: never).
+    pub keep_days: u32,
+    /// `--max-delete PERCENT`: a complete listing that would move more than this share of the
+    /// backed-up files out of the destination moves none.
+    pub max_delete_percent: u8,
 }
 
 pub const DEFAULT_CONCURRENCY: usize = 16;
+pub const DEFAULT_KEEP_DAYS: u32 = 30;
+pub const DEFAULT_MAX_DELETE_PERCENT: u8 = 50;
 pub const MAX_CONCURRENCY: usize = 256;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

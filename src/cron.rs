@@ -19,6 +19,9 @@ pub struct CronJob {
     /// `--restore-archived DAYS` (0 or none: off).
     pub restore_archived: Option<u32>,
     pub cloudwatch_namespace: Option<String>,
+    pub history_dir: Option<String>,
+    pub keep_days: Option<u32>,
+    pub max_delete: Option<u8>,
     pub log_tag: String,
 }
 
@@ -54,6 +57,7 @@ impl CronJob {
             ("--binary", Some(&self.binary)),
             ("--dest", Some(&self.dest)),
             ("--state-dir", self.state_dir.as_ref()),
+            ("--history-dir", self.history_dir.as_ref()),
         ];
         for (flag, value) in absolute {
             if let Some(value) = value
@@ -73,6 +77,7 @@ impl CronJob {
             ("--region", self.region.as_ref()),
             ("--endpoint-url", self.endpoint_url.as_ref()),
             ("--state-dir", self.state_dir.as_ref()),
+            ("--history-dir", self.history_dir.as_ref()),
         ];
         for (flag, value) in all {
             if let Some(v) = value
@@ -110,6 +115,9 @@ impl CronJob {
             ("--endpoint-url", &self.endpoint_url),
             ("--state-dir", &self.state_dir),
             ("--cloudwatch-namespace", &self.cloudwatch_namespace),
+            ("--history-dir", &self.history_dir),
+            ("--keep-days", &self.keep_days.map(|n| n.to_string())),
+            ("--max-delete", &self.max_delete.map(|n| n.to_string())),
         ] {
             if let Some(v) = v {
                 argv.push(flag.into());
@@ -204,6 +212,9 @@ mod tests {
             state_dir: None,
             restore_archived: None,
             cloudwatch_namespace: None,
+            history_dir: None,
+            keep_days: None,
+            max_delete: None,
             log_tag: "s3backup".into(),
         }
     }

@@ -112,6 +112,8 @@ pub struct Fetched {
     pub bytes: u64,
     /// How the body was verified (`none` when S3 offered nothing to verify against).
     pub verified_with: &'static str,
+    /// The version it replaced was moved to the history folder.
+    pub replaced_to_history: bool,
 }
 
 /// Where one object goes: its final path under `dest`, whose folders are made when its temp file is.
@@ -392,10 +394,11 @@ impl Fetcher {
                 .check(hasher.finish())
                 .map_err(|m| FetchError::Transient(m.to_string()))?;
         }
-        self.commit(staged, obj, target, deferred_md5).await?;
+        let replaced_to_history = self.commit(staged, obj, target, deferred_md5).await?;
         Ok(Fetched {
             bytes: n,
             verified_with: expected.describe(),
+            replaced_to_history,
         })
     }
 
@@ -466,10 +469,11 @@ impl Fetcher {
                 .check(hasher_done.finish())
                 .map_err(|m| FetchError::Transient(m.to_string()))?;
         }
-        self.commit(staged, obj, target, None).await?;
+        let replaced_to_history = self.commit(staged, obj, target, None).await?;
         Ok(Fetched {
             bytes: size,
             verified_with: expected.describe(),
+            replaced_to_history,
         })
     }
 
@@ -588,10 +592,11 @@ impl Fetcher {
                 ("md5 (multipart etag)", None)
             }
         };
-        self.commit(staged, obj, target, deferred_md5).await?;
+        let replaced_to_history = self.commit(staged, obj, target, deferred_md5).await?;
         Ok(Fetched {
             bytes: size,
             verified_with,
+            replaced_to_history,
         })
     }
 
@@ -655,7 +660,7 @@ impl Fetcher {
         obj: &ObjectInfo,
         target: &Target,
         md5: Option<Md5Check>,
-    ) -> Result<(), FetchError> {
+    ) -> Result<bool, FetchError> {
         let entry = Entry {
             key: obj.key.clone(),
             size: obj.size,
@@ -667,7 +672,7 @@ impl Fetcher {
             .commit(staged, obj.size, obj.last_modified, md5, Some(entry))
             .await
         {
-            Ok(()) => Ok(()),
+            Ok(moved) => Ok(moved),
             Err(CommitError::Mismatch(m)) => Err(FetchError::Transient(m.to_string())),
             Err(CommitError::Io(e)) => Err(local_error(target, "installing", e)),
         }

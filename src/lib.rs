@@ -11,6 +11,7 @@ pub mod config;
 pub mod cron;
 pub mod errtext;
 pub mod fetch;
+pub mod history;
 pub mod keypath;
 pub mod listing;
 pub mod lock;

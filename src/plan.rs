@@ -53,6 +53,17 @@ impl Planner {
         }
     }
 
+    /// Note `keys` as listed this run (for the deletions a complete listing reveals).
+    pub fn mark_seen<'a>(
+        &self,
+        keys: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), CatalogError> {
+        match &self.catalog {
+            Some(c) => c.mark_seen(keys),
+            None => Ok(()),
+        }
+    }
+
     /// Write the rows of the files adopted since the last call (none in a dry run: nothing is written).
     pub fn record_adopted(&mut self) -> Result<usize, CatalogError> {
         let adopted = std::mem::take(&mut self.adopted);

@@ -66,6 +66,18 @@ pub struct Report {
     pub archived: Vec<String>,
     /// RestoreObject requests this run sent (`--restore-archived`).
     pub restore_requested: u64,
+    /// With `--history-dir`: files whose older version was moved to history before being replaced.
+    pub replaced_to_history: u64,
+    /// With `--history-dir`: files whose object is gone from a complete listing, moved to history.
+    pub deleted_to_history: u64,
+    /// With `--history-dir`: run folders older than `--keep-days` removed.
+    pub history_pruned_runs: u64,
+    /// With `--history-dir`: how many files a complete listing would have moved out of the destination
+    /// when that was more than `--max-delete` allows (none was moved); null otherwise.
+    pub max_delete_blocked: Option<u64>,
+    /// The `--max-delete` limit, for the summary.
+    #[serde(skip)]
+    pub max_delete_percent: u8,
     pub dry_run: bool,
     /// With `--dry-run`: objects that a real run would download.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -77,7 +89,11 @@ pub struct Report {
 
 impl Report {
     pub fn exit(&self) -> Exit {
-        if self.refused.is_empty() && self.failed.is_empty() && self.error.is_none() {
+        if self.refused.is_empty()
+            && self.failed.is_empty()
+            && self.error.is_none()
+            && self.max_delete_blocked.is_none()
+        {
             Exit::Ok
         } else {
             Exit::Partial
@@ -119,8 +135,22 @@ impl Report {
                 let _ = write!(s, ", restore requested for {}", self.restore_requested);
             }
         }
+        if self.replaced_to_history + self.deleted_to_history > 0 {
+            let _ = write!(
+                s,
+                "; to history: {} replaced, {} deleted",
+                self.replaced_to_history, self.deleted_to_history
+            );
+        }
         if let Some(e) = &self.error {
             let _ = write!(s, "\nerror: {e}");
+        }
+        if let Some(n) = self.max_delete_blocked {
+            let _ = write!(
+                s,
+                "\nerror: {n} files are gone from the bucket, more than --max-delete {}% of the backup: none was moved to history (check the bucket and --prefix; raise --max-delete to accept)",
+                self.max_delete_percent
+            );
         }
         for r in self.refused.iter().take(limit) {
             let _ = write!(s, "\nrefused {:?}: {}", r.key, r.reason);
@@ -200,6 +230,10 @@ mod tests {
             "failed",
             "archived",
             "restore_requested",
+            "replaced_to_history",
+            "deleted_to_history",
+            "history_pruned_runs",
+            "max_delete_blocked",
         ] {
             assert!(v.get(k).is_some(), "{k}");
         }

@@ -1408,3 +1408,247 @@ fn an_object_overwritten_mid_download_is_not_stitched() {
         "{lines:?}"
     );
 }
+
+/// The history folder of a scratch area: beside `dest`, on the same file system.
+fn history_dir(s: &Scratch) -> std::path::PathBuf {
+    s.root.path().join("history")
+}
+
+/// Every file under the history folder, keyed by `<run-id>/<relative path>`.
+fn history_files(s: &Scratch) -> BTreeMap<String, Vec<u8>> {
+    tree(&history_dir(s))
+}
+
+/// Issue 15: what the bucket overwrote or deleted is kept, byte for byte, and `--dest` mirrors the bucket.
+#[test]
+fn history_keeps_overwritten_and_deleted_files_and_dest_mirrors_the_bucket() {
+    let b = Bucket::new(Kind::Seaweed, "history");
+    let v1: BTreeMap<String, Vec<u8>> = (0..6)
+        .map(|i| (format!("photos/{i}.jpg"), bytes(10 + i, 3000)))
+        .collect();
+    b.put_many(&v1);
+    let s = Scratch::new();
+    let h = history_dir(&s);
+    let hist = ["--history-dir", h.to_str().unwrap()];
+    let r = backup(&b, &s, &hist);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    assert!(
+        !h.exists() || history_files(&s).is_empty(),
+        "nothing to keep yet"
+    );
+    assert_eq!(
+        fs::metadata(&h).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+
+    // A broken upload job overwrites one photo and another is deleted.
+    b.put("photos/1.jpg", b"broken");
+    rt().block_on(
+        b.client
+            .delete_object()
+            .bucket(&b.name)
+            .key("photos/4.jpg")
+            .send(),
+    )
+    .unwrap();
+    let r = backup(&b, &s, &hist);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let j = r.json();
+    assert_eq!(
+        (
+            j["replaced_to_history"].as_u64(),
+            j["deleted_to_history"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    assert_eq!(j["max_delete_blocked"], serde_json::Value::Null);
+    let kept = history_files(&s);
+    assert_eq!(kept.len(), 2, "{:?}", kept.keys());
+    let run = kept
+        .keys()
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(run.len(), 16, "run-id is YYYYMMDDTHHMMSSZ: {run}");
+    assert_eq!(kept[&format!("{run}/photos/1.jpg")], v1["photos/1.jpg"]);
+    assert_eq!(kept[&format!("{run}/photos/4.jpg")], v1["photos/4.jpg"]);
+    let mut now = v1.clone();
+    now.insert("photos/1.jpg".into(), b"broken".to_vec());
+    now.remove("photos/4.jpg");
+    assert_eq!(tree(&s.dest), now, "--dest mirrors the bucket");
+
+    // A run that changes nothing makes no run folder.
+    let r = backup(&b, &s, &hist);
+    assert_eq!(r.json()["downloaded"], 0);
+    assert_eq!(fs::read_dir(&h).unwrap().count(), 1);
+
+    // Without --history-dir nothing changes from before: deleted objects stay.
+    rt().block_on(
+        b.client
+            .delete_object()
+            .bucket(&b.name)
+            .key("photos/5.jpg")
+            .send(),
+    )
+    .unwrap();
+    let r = backup(&b, &s, &[]);
+    assert_eq!(r.code(), 0);
+    assert!(s.dest.join("photos/5.jpg").exists());
+}
+
+#[test]
+fn max_delete_blocks_a_mass_deletion_and_moves_nothing() {
+    let b = Bucket::new(Kind::Seaweed, "maxdelete");
+    let objs: BTreeMap<String, Vec<u8>> = (0..10)
+        .map(|i| (format!("d/{i}.jpg"), bytes(i, 500)))
+        .collect();
+    b.put_many(&objs);
+    let s = Scratch::new();
+    let h = history_dir(&s);
+    let hist = ["--history-dir", h.to_str().unwrap()];
+    assert_eq!(backup(&b, &s, &hist).code(), 0);
+    for i in 0..6 {
+        rt().block_on(
+            b.client
+                .delete_object()
+                .bucket(&b.name)
+                .key(format!("d/{i}.jpg"))
+                .send(),
+        )
+        .unwrap();
+    }
+    b.put("d/new.jpg", b"new");
+    let r = backup(&b, &s, &hist);
+    assert_eq!(r.code(), 1, "{}", r.stderr());
+    assert_eq!(r.json()["max_delete_blocked"], 6);
+    assert_eq!(r.json()["deleted_to_history"], 0);
+    assert!(
+        r.stderr().contains("6 files are gone") && r.stderr().contains("--max-delete 50%"),
+        "{}",
+        r.stderr()
+    );
+    let mut expected = objs.clone();
+    expected.insert("d/new.jpg".into(), b"new".to_vec());
+    assert_eq!(tree(&s.dest), expected, "nothing moved, the rest backed up");
+    assert!(history_files(&s).is_empty());
+    // Accepting it: 6 of 11 is within 60%.
+    let r = backup(
+        &b,
+        &s,
+        &["--history-dir", h.to_str().unwrap(), "--max-delete", "60"],
+    );
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    assert_eq!(r.json()["deleted_to_history"], 6);
+    assert_eq!(history_files(&s).len(), 6);
+    assert_eq!(tree(&s.dest).len(), 5);
+}
+
+#[test]
+fn old_history_runs_are_pruned_and_a_bad_history_dir_is_refused() {
+    let b = Bucket::new(Kind::Seaweed, "prune");
+    b.put("a.jpg", b"a");
+    let s = Scratch::new();
+    let h = history_dir(&s);
+    fs::create_dir_all(h.join("20200101T000000Z/x")).unwrap();
+    fs::write(h.join("20200101T000000Z/x/old.jpg"), b"old").unwrap();
+    let recent = s3backup::history::run_id(SystemTime::now() - Duration::from_secs(2 * 86_400));
+    fs::create_dir_all(h.join(&recent)).unwrap();
+    fs::create_dir_all(h.join("notes")).unwrap();
+    let r = backup(
+        &b,
+        &s,
+        &["--history-dir", h.to_str().unwrap(), "--keep-days", "30"],
+    );
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    assert_eq!(r.json()["history_pruned_runs"], 1);
+    assert!(!h.join("20200101T000000Z").exists());
+    assert!(h.join(&recent).exists() && h.join("notes").exists());
+    let r = backup(
+        &b,
+        &s,
+        &["--history-dir", h.to_str().unwrap(), "--keep-days", "1"],
+    );
+    assert_eq!(r.json()["history_pruned_runs"], 1);
+    assert!(!h.join(&recent).exists());
+
+    // Inside the destination, or around it: exit 2, naming both.
+    for bad in [s.dest.join("hist"), s.root.path().to_path_buf()] {
+        let r = backup(&b, &s, &["--history-dir", bad.to_str().unwrap()]);
+        assert_eq!(r.code(), 2, "{}", r.stderr());
+        let e = r.json()["error"].as_str().unwrap().to_owned();
+        assert!(e.contains("--history-dir") && e.contains("--dest"), "{e}");
+    }
+}
+
+/// A kill at any instant around the move to history and the rename of the new version leaves every old
+/// version in `--dest` or in history, never neither, and the next run completes the new one.
+#[test]
+fn kill_9_around_history_moves_never_loses_a_version() {
+    let b = Bucket::new(Kind::Seaweed, "histcrash");
+    let v1: BTreeMap<String, Vec<u8>> = (0..80)
+        .map(|i| (format!("p/{i:03}.jpg"), bytes(2000 + i, 30_000)))
+        .collect();
+    b.put_many(&v1);
+    let s = Scratch::new();
+    let h = history_dir(&s);
+    let hist = ["--history-dir", h.to_str().unwrap()];
+    assert_eq!(backup(&b, &s, &hist).code(), 0);
+    let mut kills = 0;
+    for round in 0..10u64 {
+        // A new version of every object, then a run killed somewhere in its life.
+        let vn: BTreeMap<String, Vec<u8>> = v1
+            .keys()
+            .enumerate()
+            .map(|(i, k)| (k.clone(), bytes(3000 + round * 100 + i as u64, 30_000)))
+            .collect();
+        let before = tree(&s.dest);
+        b.put_many(&vn);
+        let mut cmd = command(&s);
+        cmd.args([
+            "--bucket",
+            &b.name,
+            "--endpoint-url",
+            &b.endpoint,
+            "--concurrency",
+            "4",
+        ]);
+        cmd.args(hist);
+        cmd.arg("--dest")
+            .arg(&s.dest)
+            .arg("--state-dir")
+            .arg(&s.state);
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let mut child = cmd.spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(20 + (round * 53) % 250));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            kills += 1;
+        }
+        child.wait().unwrap();
+        // Every version the destination held before the run is now in --dest or in history.
+        let kept: Vec<Vec<u8>> = history_files(&s).into_values().collect();
+        let now = tree(&s.dest);
+        for (rel, old) in &before {
+            let in_dest = now.get(rel) == Some(old);
+            assert!(
+                in_dest || kept.contains(old),
+                "round {round}: the old {rel} is neither in --dest nor in history"
+            );
+            if let Some(data) = now.get(rel) {
+                assert!(
+                    data == old || Some(data) == vn.get(rel),
+                    "round {round}: {rel} is partial"
+                );
+            }
+        }
+        // The next run completes the new versions.
+        let r = backup(&b, &s, &hist);
+        assert_eq!(r.code(), 0, "{}", r.stderr());
+        assert_eq!(tree(&s.dest), vn, "round {round}: converged");
+    }
+    assert!(kills >= 5, "only {kills} runs were killed mid-way");
+}
