@@ -455,6 +455,7 @@ mod tests {
                 size: len,
                 last_modified: None,
                 etag: Some(format!("\"{i}\"")),
+                crc64nvme: None,
             };
             waits.push(tokio::spawn(async move {
                 (i, target, c.commit(s, len, None, md5, Some(entry)).await)

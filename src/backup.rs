@@ -338,6 +338,11 @@ fn move_deleted(
     let mut dirs = Vec::new();
     let mut moved = Vec::new();
     for e in &gone {
+        if e.key.ends_with('/') {
+            // A folder marker: its directory may hold other files, so it stays; only the row goes.
+            moved.push(e.key.as_str());
+            continue;
+        }
         let path = dest.join(&e.key);
         match history.move_aside(&path) {
             Ok(aside) => {

@@ -20,7 +20,10 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 pub const FILE_NAME: &str = "catalog.sqlite";
 
 /// Bumped when the schema changes; an older file is migrated by `open`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
+
+/// The ETag of a row that `verify` found damaged: no listing has it, so the next backup fetches the file.
+pub const DAMAGED: &str = "s3backup:damaged";
 
 #[derive(Debug, thiserror::Error)]
 #[error("catalog {path}: {source}")]
@@ -38,6 +41,9 @@ pub struct Entry {
     pub last_modified: Option<SystemTime>,
     /// As the listing gave it, quotes included; compared as an opaque string.
     pub etag: Option<String>,
+    /// CRC64NVME of the bytes as they were written; none for a file adopted from before the catalog
+    /// (until `verify` records it). A folder marker's row (key ending in `/`) has size 0 and none.
+    pub crc64nvme: Option<u64>,
 }
 
 /// A shared handle: the planner reads (and adopts), the committer writes. SQLite serialises writers
@@ -73,16 +79,25 @@ impl Catalog {
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(err)?;
-        if version < SCHEMA_VERSION {
+        if version < 1 {
             conn.execute_batch(
                 "BEGIN;
                  CREATE TABLE IF NOT EXISTS files (
                      key TEXT PRIMARY KEY NOT NULL,
                      size INTEGER NOT NULL,
                      last_modified_ns INTEGER,
-                     etag TEXT
+                     etag TEXT,
+                     crc64nvme INTEGER
                  ) WITHOUT ROWID;
-                 PRAGMA user_version = 1;
+                 PRAGMA user_version = 2;
+                 COMMIT;",
+            )
+            .map_err(err)?;
+        } else if version < SCHEMA_VERSION {
+            conn.execute_batch(
+                "BEGIN;
+                 ALTER TABLE files ADD COLUMN crc64nvme INTEGER;
+                 PRAGMA user_version = 2;
                  COMMIT;",
             )
             .map_err(err)?;
@@ -133,18 +148,13 @@ impl Catalog {
     pub fn get(&self, key: &str) -> Result<Option<Entry>, CatalogError> {
         let conn = self.lock();
         let mut stmt = conn
-            .prepare_cached("SELECT size, last_modified_ns, etag FROM files WHERE key = ?1")
+            .prepare_cached(
+                "SELECT key, size, last_modified_ns, etag, crc64nvme FROM files WHERE key = ?1",
+            )
             .map_err(|e| self.err(e))?;
-        stmt.query_row([key], |r| {
-            Ok(Entry {
-                key: key.to_owned(),
-                size: r.get::<_, i64>(0)? as u64,
-                last_modified: r.get::<_, Option<i64>>(1)?.map(from_unix_nanos),
-                etag: r.get(2)?,
-            })
-        })
-        .optional()
-        .map_err(|e| self.err(e))
+        stmt.query_row([key], entry_from_row)
+            .optional()
+            .map_err(|e| self.err(e))
     }
 
     /// Record `entries` in one transaction (insert or replace).
@@ -157,8 +167,8 @@ impl Catalog {
         {
             let mut stmt = tx
                 .prepare_cached(
-                    "INSERT OR REPLACE INTO files (key, size, last_modified_ns, etag)
-                     VALUES (?1, ?2, ?3, ?4)",
+                    "INSERT OR REPLACE INTO files (key, size, last_modified_ns, etag, crc64nvme)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
                 )
                 .map_err(|e| self.err(e))?;
             for e in entries {
@@ -166,7 +176,8 @@ impl Catalog {
                     e.key,
                     e.size as i64,
                     e.last_modified.and_then(unix_nanos),
-                    e.etag
+                    e.etag,
+                    e.crc64nvme.map(|c| c as i64)
                 ])
                 .map_err(|e| self.err(e))?;
             }
@@ -214,20 +225,13 @@ impl Catalog {
             .map_err(|e| self.err(e))?;
         let mut stmt = conn
             .prepare(
-                "SELECT key, size, last_modified_ns, etag FROM files
+                "SELECT key, size, last_modified_ns, etag, crc64nvme FROM files
                  WHERE substr(key, 1, length(?1)) = ?1
                    AND key NOT IN (SELECT key FROM temp.seen) ORDER BY key",
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map([prefix], |r| {
-                Ok(Entry {
-                    key: r.get(0)?,
-                    size: r.get::<_, i64>(1)? as u64,
-                    last_modified: r.get::<_, Option<i64>>(2)?.map(from_unix_nanos),
-                    etag: r.get(3)?,
-                })
-            })
+            .query_map([prefix], entry_from_row)
             .map_err(|e| self.err(e))?;
         let gone = rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?;
         Ok((gone, total as u64))
@@ -248,24 +252,58 @@ impl Catalog {
         tx.commit().map_err(|e| self.err(e))
     }
 
-    /// Every row, in key order (tests and, later, verify).
-    pub fn entries(&self) -> Result<Vec<Entry>, CatalogError> {
+    /// Up to `limit` rows under `prefix` after `after`, in key order: a page at a time, so that a walk
+    /// over every row needs no more memory than a page.
+    pub fn page(&self, prefix: &str, after: &str, limit: u32) -> Result<Vec<Entry>, CatalogError> {
         let conn = self.lock();
         let mut stmt = conn
-            .prepare_cached("SELECT key, size, last_modified_ns, etag FROM files ORDER BY key")
+            .prepare_cached(
+                "SELECT key, size, last_modified_ns, etag, crc64nvme FROM files
+                 WHERE key > ?2 AND substr(key, 1, length(?1)) = ?1 ORDER BY key LIMIT ?3",
+            )
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map([], |r| {
-                Ok(Entry {
-                    key: r.get(0)?,
-                    size: r.get::<_, i64>(1)? as u64,
-                    last_modified: r.get::<_, Option<i64>>(2)?.map(from_unix_nanos),
-                    etag: r.get(3)?,
-                })
-            })
+            .query_map(params![prefix, after, limit], entry_from_row)
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
+
+    /// Every row, in key order.
+    pub fn entries(&self) -> Result<Vec<Entry>, CatalogError> {
+        self.page("", "", u32::MAX)
+    }
+
+    /// Record the checksum of a file adopted without one (`verify` reads it).
+    pub fn set_checksum(&self, key: &str, crc64nvme: u64) -> Result<(), CatalogError> {
+        self.lock()
+            .execute(
+                "UPDATE files SET crc64nvme = ?2 WHERE key = ?1 AND crc64nvme IS NULL",
+                params![key, crc64nvme as i64],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Mark `key` damaged: its ETag no longer matches any listing, so the next backup fetches it.
+    pub fn mark_damaged(&self, key: &str) -> Result<(), CatalogError> {
+        self.lock()
+            .execute(
+                "UPDATE files SET etag = ?2 WHERE key = ?1",
+                params![key, DAMAGED],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+}
+
+fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
+    Ok(Entry {
+        key: r.get(0)?,
+        size: r.get::<_, i64>(1)? as u64,
+        last_modified: r.get::<_, Option<i64>>(2)?.map(from_unix_nanos),
+        etag: r.get(3)?,
+        crc64nvme: r.get::<_, Option<i64>>(4)?.map(|c| c as u64),
+    })
 }
 
 fn unix_nanos(t: SystemTime) -> Option<i64> {
@@ -287,6 +325,7 @@ mod tests {
             size: 3,
             last_modified: Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
             etag: Some(etag.into()),
+            crc64nvme: Some(7),
         }
     }
 

@@ -44,6 +44,47 @@ pub enum Command {
     /// Exit 0 when the last success is younger than --max-age hours, 1 when older or when there never
     /// was one, 2 on usage errors.
     Status(StatusArgs),
+    /// Check the copy at rest against the catalog, with no network: every catalogued file is re-read.
+    ///
+    /// Reports missing files, modified ones (size or mtime differs from the catalog) and corrupt ones
+    /// (same size and mtime, other bytes). Exit 0 when all are ok, 1 otherwise, 2 on usage or
+    /// configuration errors, 75 while a backup into the destination runs. The next backup fetches
+    /// whatever was found damaged.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The backup folder, as given to the backups.
+    #[arg(long, env = "S3BACKUP_DEST", value_name = "DIR")]
+    pub dest: PathBuf,
+    /// The state directory the backups use (default as for a backup).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Only keys starting with P.
+    #[arg(long, value_name = "P")]
+    pub prefix: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Where a destination's state lives, resolved as the backups resolve it.
+pub struct DestState {
+    /// The destination, absolute and resolved.
+    pub dest: PathBuf,
+    /// The state directory (its per-destination folder is `lock::dest_state_dir(state_dir, dest)`).
+    pub state_dir: PathBuf,
+}
+
+/// `--dest` and `--state-dir` of a command that reads a destination's state.
+pub fn dest_state(dest: &std::path::Path, flag: Option<PathBuf>) -> Result<DestState, ConfigError> {
+    let dest = config::absolute(dest)?;
+    // The backups key their state by the resolved destination.
+    let dest = dest.canonicalize().unwrap_or(dest);
+    Ok(DestState {
+        dest,
+        state_dir: state_dir(flag)?,
+    })
 }
 
 #[derive(Debug, Args)]
@@ -227,11 +268,9 @@ impl StatusArgs {
         if !(self.max_age.is_finite() && self.max_age > 0.0) {
             return Err(ConfigError::BadMaxAge(self.max_age.to_string()));
         }
-        let dest = config::absolute(&self.dest)?;
-        // The backups key their state by the resolved destination.
-        let dest = dest.canonicalize().unwrap_or(dest);
+        let d = dest_state(&self.dest, self.state_dir)?;
         Ok(StatusQuery {
-            dir: crate::lock::dest_state_dir(&state_dir(self.state_dir)?, &dest),
+            dir: crate::lock::dest_state_dir(&d.state_dir, &d.dest),
             max_age_hours: self.max_age,
             json: self.json,
         })

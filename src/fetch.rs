@@ -25,7 +25,7 @@ use crate::catalog::Entry;
 use crate::errtext::{self, HasStatus};
 use crate::listing::{self, ObjectInfo};
 use crate::plan;
-use crate::verify::{self, Composite, Expected, Hasher, Md5Check, ResponseChecksums};
+use crate::verify::{self, Composite, Crc64, Expected, Hasher, Md5Check, ResponseChecksums};
 
 /// The checksum headers of a GET or a HEAD response: `GetObjectOutput` and `HeadObjectOutput` are
 /// different types with the same accessors, and both must read the same fields.
@@ -379,7 +379,7 @@ impl Fetcher {
             }
             other => (other.hasher(), None),
         };
-        let (staged, hasher, n) = stream_to_file(resp.body, target, hasher)
+        let (staged, hasher, n, crc64) = stream_to_file(resp.body, target, hasher)
             .await
             .map_err(|e| at_path(e, target))?;
         drop(_permit);
@@ -394,7 +394,9 @@ impl Fetcher {
                 .check(hasher.finish())
                 .map_err(|m| FetchError::Transient(m.to_string()))?;
         }
-        let replaced_to_history = self.commit(staged, obj, target, deferred_md5).await?;
+        let replaced_to_history = self
+            .commit(staged, obj, target, deferred_md5, crc64)
+            .await?;
         Ok(Fetched {
             bytes: n,
             verified_with: expected.describe(),
@@ -434,13 +436,15 @@ impl Fetcher {
 
         let part = self.settings.part_size.max(1);
         let ranges = (0..size.div_ceil(part)).map(|i| (i * part, ((i + 1) * part).min(size)));
-        futures::stream::iter(ranges)
+        let mut crcs: Vec<(u64, u64, u64)> = futures::stream::iter(ranges)
             .map(|(start, end)| self.fetch_range(obj, etag.as_deref(), file.clone(), start, end))
             .buffer_unordered(self.concurrency)
-            .try_collect::<()>()
+            .try_collect()
             .await
             .map_err(|e| at_path(e, target))?;
         drop(file);
+        crcs.sort_unstable();
+        let crc64 = verify::crc64_of_parts(crcs.iter().map(|&(_, crc, len)| (crc, len)));
 
         // Parts arrive out of order, so the full-object checksum is computed over the assembled file.
         if !matches!(expected, Expected::None) {
@@ -469,7 +473,7 @@ impl Fetcher {
                 .check(hasher_done.finish())
                 .map_err(|m| FetchError::Transient(m.to_string()))?;
         }
-        let replaced_to_history = self.commit(staged, obj, target, None).await?;
+        let replaced_to_history = self.commit(staged, obj, target, None, crc64).await?;
         Ok(Fetched {
             bytes: size,
             verified_with: expected.describe(),
@@ -484,7 +488,7 @@ impl Fetcher {
         file: Arc<std::fs::File>,
         start: u64,
         end: u64,
-    ) -> Result<(), FetchError> {
+    ) -> Result<(u64, u64, u64), FetchError> {
         let what = format!("bytes {start}-{}", end - 1);
         self.retry_transient(&what, || {
             let file = file.clone();
@@ -500,8 +504,8 @@ impl Fetcher {
                     .send()
                     .await
                     .map_err(|e| classify(&op("GET", &obj.key), e))?;
-                write_range(resp.body, file, start, end, Hasher::None).await?;
-                Ok(())
+                let (_, crc) = write_range(resp.body, file, start, end, Hasher::None).await?;
+                Ok((start, crc, end - start))
             }
         })
         .await
@@ -559,6 +563,7 @@ impl Fetcher {
                 "parts cover {at} bytes of {size}"
             )));
         }
+        let crc64 = verify::crc64_of_parts(parts.iter().map(|p| (p.crc64, p.end - p.start)));
         let (verified_with, deferred_md5) = if let Some(c) = &composite {
             let digests: Vec<Vec<u8>> = parts
                 .iter_mut()
@@ -592,7 +597,9 @@ impl Fetcher {
                 ("md5 (multipart etag)", None)
             }
         };
-        let replaced_to_history = self.commit(staged, obj, target, deferred_md5).await?;
+        let replaced_to_history = self
+            .commit(staged, obj, target, deferred_md5, crc64)
+            .await?;
         Ok(Fetched {
             bytes: size,
             verified_with,
@@ -641,13 +648,14 @@ impl Fetcher {
                     .server_side_encryption()
                     .is_some_and(|s| s.as_str().starts_with("aws:kms"))
                     || resp.sse_customer_algorithm().is_some();
-                let hasher = write_range(resp.body, file, start, end, hasher).await?;
+                let (hasher, crc64) = write_range(resp.body, file, start, end, hasher).await?;
                 Ok(PartDone {
                     number,
                     start,
                     end,
                     etag_not_md5,
                     digest: hasher.finish(),
+                    crc64,
                 })
             }
         })
@@ -660,12 +668,14 @@ impl Fetcher {
         obj: &ObjectInfo,
         target: &Target,
         md5: Option<Md5Check>,
+        crc64: u64,
     ) -> Result<bool, FetchError> {
         let entry = Entry {
             key: obj.key.clone(),
             size: obj.size,
             last_modified: obj.last_modified,
             etag: obj.etag.clone(),
+            crc64nvme: Some(crc64),
         };
         match self
             .committer
@@ -686,6 +696,8 @@ struct PartDone {
     etag_not_md5: bool,
     /// The part's checksum, when there is a composite checksum to check.
     digest: Option<Vec<u8>>,
+    /// CRC64NVME of the part's bytes, for the catalog.
+    crc64: u64,
 }
 
 /// HEAD's `x-amz-restore`: `ongoing-request="true"` while a restore runs; `ongoing-request="false",
@@ -726,9 +738,9 @@ async fn stream_to_file(
     mut body: ByteStream,
     target: &Target,
     hasher: Hasher,
-) -> Result<(Staged, Hasher, u64), FetchError> {
+) -> Result<(Staged, Hasher, u64, u64), FetchError> {
     let mut staged: Option<Staged> = None;
-    let mut hasher = Some(hasher);
+    let mut hasher = Some((hasher, Crc64::default()));
     let mut pending: Vec<Bytes> = Vec::new();
     let mut pending_len = 0;
     let mut n = 0u64;
@@ -743,7 +755,7 @@ async fn stream_to_file(
             pending.push(c);
         }
         if pending_len >= WRITE_BATCH || (done && (pending_len > 0 || staged.is_none())) {
-            let (s, mut h) = (staged.take(), hasher.take().expect("restored below"));
+            let (s, (mut h, mut crc)) = (staged.take(), hasher.take().expect("restored below"));
             let t = target.clone();
             let batch = std::mem::take(&mut pending);
             pending_len = 0;
@@ -757,15 +769,17 @@ async fn stream_to_file(
                     f.write_all(b)
                         .map_err(|e| io::Error::new(e.kind(), format!("writing temp file: {e}")))?;
                     h.update(b);
+                    crc.update(b);
                 }
-                Ok((s, h))
+                Ok((s, (h, crc)))
             })
             .await
             .map_err(|e| FetchError::Permanent(e.to_string()))?;
             (staged, hasher) = (Some(s), Some(h));
         }
         if done {
-            return Ok((staged.expect("made above"), hasher.expect("present"), n));
+            let (h, crc) = hasher.expect("present");
+            return Ok((staged.expect("made above"), h, n, crc.value()));
         }
     }
 }
@@ -777,8 +791,8 @@ async fn write_range(
     start: u64,
     end: u64,
     hasher: Hasher,
-) -> Result<Hasher, FetchError> {
-    let mut hasher = Some(hasher);
+) -> Result<(Hasher, u64), FetchError> {
+    let mut hasher = Some((hasher, Crc64::default()));
     let mut at = start;
     let mut pending: Vec<Bytes> = Vec::new();
     let mut pending_len = 0;
@@ -803,16 +817,17 @@ async fn write_range(
             let offset = at;
             at += pending_len as u64;
             pending_len = 0;
-            let mut h = hasher.take().expect("restored below");
+            let (mut h, mut crc) = hasher.take().expect("restored below");
             hasher = Some(
                 blocking(move || {
                     let mut off = offset;
                     for b in &batch {
                         f.write_all_at(b, off)?;
                         h.update(b);
+                        crc.update(b);
                         off += b.len() as u64;
                     }
-                    Ok(h)
+                    Ok((h, crc))
                 })
                 .await
                 .map_err(|e| FetchError::Permanent(format!("writing temp file: {e}")))?,
@@ -826,7 +841,8 @@ async fn write_range(
                     at - start
                 )));
             }
-            return Ok(hasher.expect("present"));
+            let (h, crc) = hasher.expect("present");
+            return Ok((h, crc.value()));
         }
     }
 }

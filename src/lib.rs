@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod plan;
 pub mod report;
 pub mod s3;
+pub mod scrub;
 pub mod status;
 pub mod verify;
 
@@ -29,7 +30,7 @@ use std::time::SystemTime;
 use indicatif::ProgressBar;
 
 use crate::backup::RunError;
-use crate::cli::{Cli, Command, StatusArgs};
+use crate::cli::{Cli, Command, StatusArgs, VerifyArgs};
 use crate::fetch::FetchSettings;
 use crate::metrics::RunMetrics;
 use crate::report::Exit;
@@ -43,6 +44,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(Exit::Ok.into());
         }
         Some(Command::Status(args)) => return Ok(status_command(args)),
+        Some(Command::Verify(args)) => return Ok(verify_command(args)),
         None => {}
     }
     let json = cli.backup.json;
@@ -119,6 +121,57 @@ fn status_command(args: StatusArgs) -> ExitCode {
             if st.healthy { Exit::Ok } else { Exit::Partial }.into()
         }
         Err(e) => fail(json, Exit::Config, &e.to_string()),
+    }
+}
+
+/// `s3backup verify`: the files at rest against the catalog, under the destination's lock.
+fn verify_command(args: VerifyArgs) -> ExitCode {
+    let json = args.json;
+    let d = match cli::dest_state(&args.dest, args.state_dir) {
+        Ok(d) => d,
+        Err(e) => return fail(json, Exit::Config, &e.to_string()),
+    };
+    let pb = report::progress_bar(false);
+    init_logging(&pb);
+    let dir = lock::dest_state_dir(&d.state_dir, &d.dest);
+    let catalog = match catalog::Catalog::open_read_only(&dir) {
+        Ok(Some(_)) => catalog::Catalog::open(&dir),
+        Ok(None) => {
+            let msg = format!(
+                "no catalog for {} in {}: run a backup into it first (or pass the --state-dir it uses)",
+                d.dest.display(),
+                d.state_dir.display()
+            );
+            return fail(json, Exit::Config, &msg);
+        }
+        Err(e) => Err(e),
+    };
+    let catalog = match catalog {
+        Ok(c) => c,
+        Err(e) => return fail(json, Exit::Config, &e.to_string()),
+    };
+    // A backup changing files under the check would read as damage.
+    let guard = match lock::RunGuard::acquire(&d.state_dir, &d.dest) {
+        Ok(g) => g,
+        Err(e @ lock::LockError::Held { .. }) => return fail(json, Exit::Locked, &e.to_string()),
+        Err(e) => return fail(json, Exit::Config, &e.to_string()),
+    };
+    let outcome = scrub::verify(&catalog, &d.dest, args.prefix.as_deref().unwrap_or(""));
+    if !guard.previous_run_interrupted {
+        let _ = guard.finish();
+    }
+    match outcome {
+        Ok(r) => {
+            eprintln!("{}", r.human_summary(20));
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&r).expect("plain data serialises")
+                );
+            }
+            if r.all_ok() { Exit::Ok } else { Exit::Partial }.into()
+        }
+        Err(e) => fail(json, Exit::Config, &e),
     }
 }
 

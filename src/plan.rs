@@ -103,7 +103,11 @@ impl Planner {
                 plan => plan,
             }
         } else {
-            folder_plan(dest, rel, self.create_folders)
+            let plan = folder_plan(dest, rel, self.create_folders);
+            if plan == Plan::Folder {
+                self.note_folder(obj);
+            }
+            plan
         };
         if is_file && !matches!(plan, Plan::Refused(_)) {
             self.files.push(rel_str.to_owned());
@@ -122,10 +126,21 @@ impl Planner {
             Ok(Some(row)) if row.etag == obj.etag => Plan::Unchanged,
             Ok(Some(_)) => Plan::Fetch(rel.to_path_buf()),
             Ok(None) => {
-                self.adopted.push(entry_of(obj));
+                self.adopted.push(entry_of(obj, None));
                 Plan::Unchanged
             }
             Err(e) => Plan::Error(e.to_string()),
+        }
+    }
+
+    /// A folder marker is a key too: its row lets `restore` put it back and `verify` look for it.
+    fn note_folder(&mut self, obj: &ObjectInfo) {
+        if let Some(c) = &self.catalog
+            && !c
+                .get(&obj.key)
+                .is_ok_and(|row| row.is_some_and(|r| r.etag == obj.etag))
+        {
+            self.adopted.push(entry_of(obj, None));
         }
     }
 
@@ -145,20 +160,19 @@ impl Planner {
         let Ok(m) = fs::symlink_metadata(&path) else {
             return Plan::Fetch(rel);
         };
-        let same = match catalog.get(&obj.key) {
-            Ok(Some(row)) => {
-                m.is_file()
+        let row = match catalog.get(&obj.key) {
+            Ok(Some(row))
+                if m.is_file()
                     && m.len() == obj.size
                     && row.size == obj.size
                     && row.etag == obj.etag
                     && row.last_modified.is_some()
-                    && m.modified().ok() == row.last_modified
+                    && m.modified().ok() == row.last_modified =>
+            {
+                row
             }
-            _ => false,
+            _ => return Plan::Fetch(rel),
         };
-        if !same {
-            return Plan::Fetch(rel);
-        }
         if self.create_folders {
             let set = fs::File::open(&path).and_then(|f| f.set_modified(listed_mtime));
             if let Err(e) = set {
@@ -166,7 +180,7 @@ impl Planner {
                 return Plan::Fetch(rel);
             }
             tracing::debug!(key = ?obj.key, "same ETag and size, new LastModified: mtime updated");
-            self.adopted.push(entry_of(obj));
+            self.adopted.push(entry_of(obj, row.crc64nvme));
         }
         Plan::Unchanged
     }
@@ -203,12 +217,14 @@ impl Planner {
     }
 }
 
-fn entry_of(obj: &ObjectInfo) -> Entry {
+/// A row for `obj` as listed, with the checksum of its bytes when known.
+fn entry_of(obj: &ObjectInfo, crc64nvme: Option<u64>) -> Entry {
     Entry {
         key: obj.key.clone(),
         size: obj.size,
         last_modified: obj.last_modified,
         etag: obj.etag.clone(),
+        crc64nvme,
     }
 }
 
@@ -391,7 +407,7 @@ mod tests {
         // No row yet: adopted as it is, and recorded with the listed ETag.
         assert_eq!(p.plan(d.path(), &o), Plan::Unchanged);
         assert_eq!(p.record_adopted().unwrap(), 1);
-        assert_eq!(catalog.get("f").unwrap(), Some(entry_of(&o)));
+        assert_eq!(catalog.get("f").unwrap(), Some(entry_of(&o, None)));
         assert_eq!(p.plan(d.path(), &o), Plan::Unchanged);
         assert_eq!(p.record_adopted().unwrap(), 0);
         // Same size, same second, new ETag: the overwrite S3 made.
@@ -421,7 +437,7 @@ mod tests {
         fs::write(&path, b"abc").unwrap();
         let f = fs::File::options().write(true).open(&path).unwrap();
         f.set_modified(o.last_modified.unwrap()).unwrap();
-        catalog.record(&[entry_of(&o)]).unwrap();
+        catalog.record(&[entry_of(&o, Some(42))]).unwrap();
         let mut copied = o.clone();
         copied.last_modified = Some(o.last_modified.unwrap() + Duration::from_secs(86_400));
         // A dry run says unchanged and touches nothing.
@@ -438,7 +454,7 @@ mod tests {
             fs::metadata(&path).unwrap().modified().unwrap(),
             copied.last_modified.unwrap()
         );
-        assert_eq!(catalog.get("f").unwrap(), Some(entry_of(&copied)));
+        assert_eq!(catalog.get("f").unwrap(), Some(entry_of(&copied, Some(42))));
         assert_eq!(fs::read(&path).unwrap(), b"abc");
         // Another ETag, or a file changed locally since it was written: fetched.
         let mut other = copied.clone();
