@@ -396,6 +396,16 @@ if [ "$SCENARIO" = al2023 ]; then
   [ "$rc2" -eq 0 ] || show "$W/bootstrap2.log"
   unchanged() { [ "$(sha256sum "$cron_file" "$bin" /etc/fstab)" = "$before" ] && [ "$(blkid -p -o value -s UUID "$VOL")" = "$uuid" ]; }
   check "a second bootstrap run leaves binary, cron job and fstab as they were, and formats nothing" unchanged
+  # Without the volume mounted (say it failed to attach at a reboot: nofail), the job must not fill
+  # the root volume: the mount point is immutable until something is mounted on it.
+  umount "$mnt"
+  check "with the volume unmounted, nothing can be written under $mnt (immutable mount point)" \
+    eval "! touch '$mnt/on-the-root-volume' 2>/dev/null && ! mkdir '$mnt/state' 2>/dev/null"
+  (cd / && PATH="$stub:$PATH" sh "$W/runcmd.sh") > "$W/bootstrap3.log" 2>&1
+  rc3=$?
+  remounted() { [ "$rc3" -eq 0 ] && [ "$(findmnt -n -o SOURCE --mountpoint "$mnt")" = "$dev" ] && [ -d "$BACKUP_DIR" ]; }
+  check "a bootstrap run with the volume unmounted mounts it again" remounted
+  [ "$rc3" -eq 0 ] || show "$W/bootstrap3.log"
 fi
 umount "$mnt" 2>/dev/null
 echo "    bootstrap log ($SCENARIO):" >&2
