@@ -51,6 +51,56 @@ pub enum Command {
     /// configuration errors, 75 while a backup into the destination runs. The next backup fetches
     /// whatever was found damaged.
     Verify(VerifyArgs),
+    /// Put the backup (or the versions one history run folder kept) back into a bucket, under the exact
+    /// original keys.
+    ///
+    /// Every upload carries a Content-MD5 the server checks; large files go up in parts. An object the
+    /// bucket already holds with the same bytes is skipped; one with other bytes is a named conflict
+    /// (exit 1) unless --overwrite. Needs credentials that may write to the bucket: the appliance's own
+    /// role cannot, by design.
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup folder, as given to the backups.
+    #[arg(long, env = "S3BACKUP_DEST", value_name = "DIR")]
+    pub dest: PathBuf,
+    /// The bucket to restore into.
+    #[arg(long, value_name = "NAME")]
+    pub bucket: String,
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Only keys starting with P.
+    #[arg(long, value_name = "P")]
+    pub prefix: Option<String>,
+    /// Restore the versions this history run folder kept (the state just before that run).
+    #[arg(long, value_name = "RUN-ID")]
+    pub from_history: Option<String>,
+    /// The history folder (default: the one the backups into --dest use).
+    #[arg(long, env = "S3BACKUP_HISTORY_DIR", value_name = "DIR")]
+    pub history_dir: Option<PathBuf>,
+    #[arg(long, value_name = "URL")]
+    pub endpoint_url: Option<String>,
+    #[arg(long)]
+    pub force_path_style: bool,
+    #[arg(long, value_name = "R")]
+    pub region: Option<String>,
+    /// Uploads at a time.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub concurrency: usize,
+    /// Part size in MiB of multipart uploads, used for files of more than 4 parts.
+    #[arg(long, value_name = "MIB", default_value_t = 16,
+          value_parser = clap::value_parser!(u64).range(5..=5120))]
+    pub part_size: u64,
+    /// Say what would be uploaded; upload nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Replace objects that hold other bytes (default: report them as conflicts).
+    #[arg(long)]
+    pub overwrite: bool,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

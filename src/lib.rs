@@ -18,6 +18,7 @@ pub mod lock;
 pub mod metrics;
 pub mod plan;
 pub mod report;
+pub mod restore;
 pub mod s3;
 pub mod scrub;
 pub mod status;
@@ -30,7 +31,7 @@ use std::time::SystemTime;
 use indicatif::ProgressBar;
 
 use crate::backup::RunError;
-use crate::cli::{Cli, Command, StatusArgs, VerifyArgs};
+use crate::cli::{Cli, Command, RestoreArgs, StatusArgs, VerifyArgs};
 use crate::fetch::FetchSettings;
 use crate::metrics::RunMetrics;
 use crate::report::Exit;
@@ -45,6 +46,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Some(Command::Status(args)) => return Ok(status_command(args)),
         Some(Command::Verify(args)) => return Ok(verify_command(args)),
+        Some(Command::Restore(args)) => return Ok(restore_command(args)),
         None => {}
     }
     let json = cli.backup.json;
@@ -173,6 +175,131 @@ fn verify_command(args: VerifyArgs) -> ExitCode {
         }
         Err(e) => fail(json, Exit::Config, &e),
     }
+}
+
+/// `s3backup restore`: the catalogued files, or one history run folder, uploaded under their keys.
+fn restore_command(args: RestoreArgs) -> ExitCode {
+    let json = args.json;
+    match prepare_restore(args) {
+        Ok((config, source, settings)) => {
+            let pb = report::progress_bar(false);
+            init_logging(&pb);
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => return fail(json, Exit::Config, &e.to_string()),
+            };
+            let client = runtime.block_on(async {
+                let sdk = s3::sdk_config(&config).await;
+                s3::client(&config, &sdk)
+            });
+            let client = match client {
+                // We send Content-MD5 ourselves; the SDK adds no checksum of its own on top.
+                Ok(c) => aws_sdk_s3::Client::from_conf(
+                    c.config()
+                        .to_builder()
+                        .request_checksum_calculation(
+                            aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+                        )
+                        .build(),
+                ),
+                Err(e) => return fail(json, Exit::Config, &e.to_string()),
+            };
+            let r = runtime.block_on(restore::restore(&client, &source, &settings));
+            eprintln!("{}", r.human_summary(20));
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&r).expect("plain data serialises")
+                );
+            }
+            if r.ok() { Exit::Ok } else { Exit::Partial }.into()
+        }
+        Err(e) => fail(json, Exit::Config, &e),
+    }
+}
+
+fn prepare_restore(
+    args: RestoreArgs,
+) -> Result<(config::Config, restore::Source, restore::Settings), String> {
+    config::validate_bucket(&args.bucket).map_err(|e| e.to_string())?;
+    if let Some(e) = &args.endpoint_url {
+        config::validate_endpoint(e).map_err(|e| e.to_string())?;
+    }
+    let concurrency = config::validate_concurrency(args.concurrency).map_err(|e| e.to_string())?;
+    let d = cli::dest_state(&args.dest, args.state_dir).map_err(|e| e.to_string())?;
+    let state = lock::dest_state_dir(&d.state_dir, &d.dest);
+    let prefix = args.prefix.unwrap_or_default();
+    let source = match args.from_history {
+        Some(run) => {
+            if history::parse_run_id(&run).is_none() || run.contains('/') {
+                return Err(format!(
+                    "--from-history {run:?}: expected a run id like 20261130T031705Z"
+                ));
+            }
+            let root = match args.history_dir {
+                Some(h) => h,
+                None => std::fs::read(state.join(backup::HISTORY_DIR_FILE))
+                    .map(|b| std::path::PathBuf::from(String::from_utf8_lossy(&b).into_owned()))
+                    .map_err(|_| {
+                        format!(
+                            "--from-history: no history folder is remembered for {}; pass --history-dir",
+                            d.dest.display()
+                        )
+                    })?,
+            };
+            let run_dir = root.join(&run);
+            if !run_dir.is_dir() {
+                return Err(format!(
+                    "--from-history {run}: {} is not a run folder",
+                    run_dir.display()
+                ));
+            }
+            restore::Source::History { run_dir, prefix }
+        }
+        None => match catalog::Catalog::open_read_only(&state) {
+            Ok(Some(catalog)) => restore::Source::Catalog {
+                catalog,
+                dest: d.dest.clone(),
+                prefix,
+            },
+            Ok(None) => {
+                return Err(format!(
+                    "no catalog for {} in {}: nothing is known to restore (pass the --state-dir the backups use)",
+                    d.dest.display(),
+                    d.state_dir.display()
+                ));
+            }
+            Err(e) => return Err(e.to_string()),
+        },
+    };
+    let config = config::Config {
+        bucket: args.bucket.clone(),
+        dest: d.dest,
+        prefix: None,
+        endpoint_url: args.endpoint_url,
+        force_path_style: args.force_path_style,
+        region: args.region.filter(|r| !r.is_empty()),
+        concurrency,
+        state_dir: d.state_dir,
+        dry_run: args.dry_run,
+        json: args.json,
+        restore_archived: None,
+        cloudwatch_namespace: None,
+        history_dir: None,
+        keep_days: 0,
+        max_delete_percent: 0,
+    };
+    let settings = restore::Settings {
+        bucket: args.bucket,
+        concurrency,
+        part_size: args.part_size * 1024 * 1024,
+        overwrite: args.overwrite,
+        dry_run: args.dry_run,
+    };
+    Ok((config, source, settings))
 }
 
 /// Report a run that could not happen: `error: ...` on stderr and, with `--json`, the one JSON object.

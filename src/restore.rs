@@ -1,0 +1,450 @@
+//! `s3backup restore`: the backup (or one history run folder) put back into a bucket under the exact
+//! original keys. Every upload carries a Content-MD5 that the server checks; large files go up in parts,
+//! each with its own. An object already there with the same bytes is skipped; one with other bytes is a
+//! named conflict unless `--overwrite`.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::primitives::{ByteStream, Length};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use futures::StreamExt;
+use md5_many::Md5State;
+use serde::Serialize;
+
+use crate::catalog::Catalog;
+use crate::errtext;
+use crate::report::Failed;
+use crate::verify::Crc64;
+
+/// Rows (or history files) handled at a time.
+const PAGE: u32 = 1000;
+
+/// What to restore from.
+pub enum Source {
+    /// The catalogued files under the destination (keys under a prefix).
+    Catalog {
+        catalog: Catalog,
+        dest: PathBuf,
+        prefix: String,
+    },
+    /// Every file of one history run folder: the versions that run moved aside.
+    History { run_dir: PathBuf, prefix: String },
+}
+
+pub struct Settings {
+    pub bucket: String,
+    pub concurrency: usize,
+    /// Files larger than 4 parts go up as a multipart upload of parts this big.
+    pub part_size: u64,
+    pub overwrite: bool,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct RestoreReport {
+    pub uploaded: u64,
+    pub identical: u64,
+    pub conflicts: Vec<String>,
+    pub failed: Vec<Failed>,
+    pub bytes_uploaded: u64,
+    pub elapsed_seconds: f64,
+    pub dry_run: bool,
+}
+
+impl RestoreReport {
+    pub fn ok(&self) -> bool {
+        self.conflicts.is_empty() && self.failed.is_empty()
+    }
+
+    pub fn human_summary(&self, limit: usize) -> String {
+        let mut s = format!(
+            "s3backup restore: {} {}, {} identical, {} conflicts, {} failed; {} in {:.1}s",
+            self.uploaded,
+            if self.dry_run {
+                "would be uploaded"
+            } else {
+                "uploaded"
+            },
+            self.identical,
+            self.conflicts.len(),
+            self.failed.len(),
+            crate::report::human_bytes(self.bytes_uploaded),
+            self.elapsed_seconds
+        );
+        for k in self.conflicts.iter().take(limit) {
+            s.push_str(&format!(
+                "\nconflict {k:?}: the bucket holds other bytes under this key (--overwrite replaces them)"
+            ));
+        }
+        for f in self.failed.iter().take(limit) {
+            s.push_str(&format!("\nfailed {:?}: {}", f.key, f.error));
+        }
+        s
+    }
+}
+
+enum Outcome {
+    Uploaded(u64),
+    Identical,
+    Conflict,
+}
+
+/// One key to put back and the local path that holds its bytes (a folder marker has none).
+struct Item {
+    key: String,
+    path: Option<PathBuf>,
+}
+
+pub async fn restore(client: &Client, source: &Source, settings: &Settings) -> RestoreReport {
+    let started = Instant::now();
+    let mut report = RestoreReport {
+        dry_run: settings.dry_run,
+        ..RestoreReport::default()
+    };
+    let mut after = String::new();
+    let mut history_items = match source {
+        Source::History { run_dir, prefix } => Some(history_items(run_dir, prefix, &mut report)),
+        Source::Catalog { .. } => None,
+    };
+    loop {
+        let items: Vec<Item> = match source {
+            Source::Catalog {
+                catalog,
+                dest,
+                prefix,
+            } => match catalog.page(prefix, &after, PAGE) {
+                Ok(rows) => rows
+                    .into_iter()
+                    .map(|r| Item {
+                        path: (!r.key.ends_with('/')).then(|| dest.join(&r.key)),
+                        key: r.key,
+                    })
+                    .collect(),
+                Err(e) => {
+                    report.failed.push(Failed {
+                        key: String::new(),
+                        error: e.to_string(),
+                    });
+                    break;
+                }
+            },
+            Source::History { .. } => {
+                let all = history_items.as_mut().expect("set above");
+                all.drain(..all.len().min(PAGE as usize)).collect()
+            }
+        };
+        let Some(last) = items.last() else { break };
+        after = last.key.clone();
+        let results: Vec<(String, Result<Outcome, String>)> = futures::stream::iter(items)
+            .map(|item| async move {
+                let r = restore_one(client, &item, settings).await;
+                (item.key, r)
+            })
+            .buffer_unordered(settings.concurrency.max(1))
+            .collect()
+            .await;
+        for (key, r) in results {
+            match r {
+                Ok(Outcome::Uploaded(n)) => {
+                    report.uploaded += 1;
+                    report.bytes_uploaded += n;
+                }
+                Ok(Outcome::Identical) => report.identical += 1,
+                Ok(Outcome::Conflict) => report.conflicts.push(key),
+                Err(error) => report.failed.push(Failed { key, error }),
+            }
+        }
+    }
+    report.conflicts.sort_unstable();
+    report.elapsed_seconds = started.elapsed().as_secs_f64();
+    report
+}
+
+/// The files of a history run folder, keys from their relative paths, in key order.
+fn history_items(run_dir: &Path, prefix: &str, report: &mut RestoreReport) -> Vec<Item> {
+    let mut items = Vec::new();
+    for e in walkdir::WalkDir::new(run_dir)
+        .min_depth(1)
+        .sort_by_file_name()
+    {
+        let e = match e {
+            Ok(e) => e,
+            Err(err) => {
+                report.failed.push(Failed {
+                    key: String::new(),
+                    error: format!("reading {}: {err}", run_dir.display()),
+                });
+                continue;
+            }
+        };
+        if !e.file_type().is_file() {
+            continue;
+        }
+        let rel = e
+            .path()
+            .strip_prefix(run_dir)
+            .expect("below the run folder");
+        match rel.to_str() {
+            Some(key) if key.starts_with(prefix) => items.push(Item {
+                key: key.to_owned(),
+                path: Some(e.path().to_path_buf()),
+            }),
+            Some(_) => {}
+            None => report.failed.push(Failed {
+                key: rel.to_string_lossy().into_owned(),
+                error: "the file name is not UTF-8, so it is no key s3backup wrote".into(),
+            }),
+        }
+    }
+    items.sort_by(|a, b| a.key.cmp(&b.key));
+    items
+}
+
+/// What the local file hashes to: the MD5 of the whole (or of each part) and its CRC64NVME.
+struct Digests {
+    size: u64,
+    md5: [u8; 16],
+    part_md5s: Vec<[u8; 16]>,
+    crc64: u64,
+}
+
+fn digest_file(path: &Path, part_size: u64) -> io::Result<Digests> {
+    let mut f = File::open(path)?;
+    let size = f.metadata()?.len();
+    let mut whole = Md5State::new();
+    let mut part = Md5State::new();
+    let mut part_md5s = Vec::new();
+    let mut in_part = 0u64;
+    let mut crc = Crc64::default();
+    let mut buf = vec![0u8; 1024 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        let mut chunk = &buf[..n];
+        whole.update(chunk);
+        crc.update(chunk);
+        while !chunk.is_empty() {
+            let take = chunk.len().min((part_size - in_part) as usize);
+            part.update(&chunk[..take]);
+            in_part += take as u64;
+            chunk = &chunk[take..];
+            if in_part == part_size {
+                part_md5s.push(std::mem::replace(&mut part, Md5State::new()).finalize());
+                in_part = 0;
+            }
+        }
+    }
+    if in_part > 0 {
+        part_md5s.push(part.finalize());
+    }
+    Ok(Digests {
+        size,
+        md5: whole.finalize(),
+        part_md5s,
+        crc64: crc.value(),
+    })
+}
+
+async fn restore_one(client: &Client, item: &Item, s: &Settings) -> Result<Outcome, String> {
+    let key = &item.key;
+    let digests = match &item.path {
+        Some(path) => {
+            let (p, part) = (path.clone(), s.part_size);
+            let d = tokio::task::spawn_blocking(move || digest_file(&p, part))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("reading {}: {e}", path.display()))?;
+            Some(d)
+        }
+        None => None,
+    };
+    let (size, md5_hex, crc_b64) = match &digests {
+        Some(d) => (d.size, hex(&d.md5), B64.encode(d.crc64.to_be_bytes())),
+        None => (0, hex(&md5_many::Md5State::new().finalize()), String::new()),
+    };
+    // What the bucket holds under the key now.
+    let head = client
+        .head_object()
+        .bucket(&s.bucket)
+        .key(key)
+        .customize()
+        .mutate_request(|r| {
+            r.headers_mut().insert("x-amz-checksum-mode", "ENABLED");
+        })
+        .send()
+        .await;
+    match head {
+        Ok(h) => {
+            let same_size = h.content_length() == Some(size as i64);
+            let same_md5 = h.e_tag().map(|e| e.trim_matches('"')) == Some(md5_hex.as_str());
+            let same_crc = !crc_b64.is_empty() && h.checksum_crc64_nvme() == Some(crc_b64.as_str());
+            let same_multipart = digests.as_ref().is_some_and(|d| {
+                h.e_tag().map(|e| e.trim_matches('"'))
+                    == Some(multipart_etag(&d.part_md5s).as_str())
+            });
+            if same_size && (same_md5 || same_crc || same_multipart) {
+                return Ok(Outcome::Identical);
+            }
+            if !s.overwrite {
+                return Ok(Outcome::Conflict);
+            }
+        }
+        Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => {}
+        Err(e) => {
+            return Err(errtext::describe(
+                &format!("HEAD {}", errtext::key(key)),
+                errtext::s3_endpoint(),
+                &e,
+            )
+            .line);
+        }
+    }
+    if s.dry_run {
+        return Ok(Outcome::Uploaded(size));
+    }
+    match (&item.path, &digests) {
+        (Some(path), Some(d)) if d.part_md5s.len() > 4 => {
+            upload_parts(client, s, key, path, d).await?;
+        }
+        _ => {
+            let body = match &item.path {
+                Some(path) => ByteStream::read_from()
+                    .path(path)
+                    .length(Length::Exact(size))
+                    .build()
+                    .await
+                    .map_err(|e| format!("reading {}: {e}", path.display()))?,
+                None => ByteStream::from_static(b""),
+            };
+            let md5 = digests
+                .as_ref()
+                .map_or_else(|| md5_many::Md5State::new().finalize(), |d| d.md5);
+            client
+                .put_object()
+                .bucket(&s.bucket)
+                .key(key)
+                .content_length(size as i64)
+                .content_md5(B64.encode(md5))
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| {
+                    errtext::describe(
+                        &format!("PUT {}", errtext::key(key)),
+                        errtext::s3_endpoint(),
+                        &e,
+                    )
+                    .line
+                })?;
+        }
+    }
+    Ok(Outcome::Uploaded(size))
+}
+
+async fn upload_parts(
+    client: &Client,
+    s: &Settings,
+    key: &str,
+    path: &Path,
+    d: &Digests,
+) -> Result<(), String> {
+    let what = |op: &str| format!("{op} {}", errtext::key(key));
+    let up = client
+        .create_multipart_upload()
+        .bucket(&s.bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(|e| {
+            errtext::describe(&what("CreateMultipartUpload"), errtext::s3_endpoint(), &e).line
+        })?;
+    let upload_id = up.upload_id().unwrap_or_default().to_owned();
+    let mut parts = Vec::with_capacity(d.part_md5s.len());
+    let result: Result<(), String> = async {
+        for (i, md5) in d.part_md5s.iter().enumerate() {
+            let offset = i as u64 * s.part_size;
+            let len = s.part_size.min(d.size - offset);
+            let body = ByteStream::read_from()
+                .path(path)
+                .offset(offset)
+                .length(Length::Exact(len))
+                .build()
+                .await
+                .map_err(|e| format!("reading {}: {e}", path.display()))?;
+            let n = i as i32 + 1;
+            let out = client
+                .upload_part()
+                .bucket(&s.bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .part_number(n)
+                .content_length(len as i64)
+                .content_md5(B64.encode(md5))
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| {
+                    errtext::describe(
+                        &format!("{} part {n}", what("UploadPart")),
+                        errtext::s3_endpoint(),
+                        &e,
+                    )
+                    .line
+                })?;
+            parts.push(
+                CompletedPart::builder()
+                    .part_number(n)
+                    .set_e_tag(out.e_tag().map(str::to_owned))
+                    .build(),
+            );
+        }
+        client
+            .complete_multipart_upload()
+            .bucket(&s.bucket)
+            .key(key)
+            .upload_id(&upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                errtext::describe(&what("CompleteMultipartUpload"), errtext::s3_endpoint(), &e).line
+            })
+    }
+    .await;
+    if result.is_err() {
+        let _ = client
+            .abort_multipart_upload()
+            .bucket(&s.bucket)
+            .key(key)
+            .upload_id(&upload_id)
+            .send()
+            .await;
+    }
+    result
+}
+
+/// `<md5 of the part md5s>-N`, as S3 names a multipart upload of these parts.
+fn multipart_etag(part_md5s: &[[u8; 16]]) -> String {
+    let mut m = Md5State::new();
+    for p in part_md5s {
+        m.update(p);
+    }
+    format!("{}-{}", hex(&m.finalize()), part_md5s.len())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
