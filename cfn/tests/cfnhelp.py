@@ -305,6 +305,10 @@ def _ud_move(line, before):
     return f
 
 
+def _alarm(t, name):
+    return t["Resources"][name]["Properties"]
+
+
 def _asg(t):
     return t["Resources"]["AutoScalingGroup"]
 
@@ -480,6 +484,34 @@ MUTANTS = [
      lambda t: _stmt(t, "SeeWhoHoldsTheVolume").update(Action="ec2:*")),
     ("iam_role_inline_policy_exact", "AttachVolume on '*'",
      lambda t: _stmt(t, "SeeWhoHoldsTheVolume").update(Action="ec2:AttachVolume")),
+    ("iam_role_inline_policy_exact", "PutMetricData in any namespace",
+     lambda t: _stmt(t, "PublishTheJobsMetrics").pop("Condition")),
+    ("iam_role_inline_policy_exact", "PutMetricData in a fixed other namespace",
+     lambda t: _stmt(t, "PublishTheJobsMetrics")["Condition"]["StringEquals"].update(
+         {"cloudwatch:namespace": "AWS/EC2"})),
+    ("iam_role_inline_policy_exact", "cloudwatch:* instead of PutMetricData",
+     lambda t: _stmt(t, "PublishTheJobsMetrics").update(Action="cloudwatch:*")),
+    ("alerts_topic_encrypted", "topic not encrypted",
+     lambda t: t["Resources"]["AlertTopic"]["Properties"].pop("KmsMasterKeyId")),
+    ("alerts_topic_encrypted", "topic under the AWS managed key",
+     lambda t: t["Resources"]["AlertTopic"]["Properties"].update(KmsMasterKeyId="alias/aws/sns")),
+    ("alerts_backup_alarms", "silence alarm: missing data not breaching",
+     lambda t: _alarm(t, "SilenceAlarm").update(TreatMissingData="notBreaching")),
+    ("alerts_backup_alarms", "silence alarm over an hour",
+     lambda t: _alarm(t, "SilenceAlarm").update(Period=3600)),
+    ("alerts_backup_alarms", "no OK action",
+     lambda t: _alarm(t, "FailedRunAlarm").pop("OKActions")),
+    ("alerts_backup_alarms", "alarm on another metric",
+     lambda t: _alarm(t, "FailedRunAlarm").update(MetricName="Errors")),
+    ("alerts_backup_alarms", "alarm in a fixed namespace",
+     lambda t: _alarm(t, "SilenceAlarm").update(Namespace="S3Backup")),
+    ("alerts_backup_alarms", "no failed-run alarm",
+     lambda t: t["Resources"].pop("FailedRunAlarm")),
+    ("alerts_outputs", "no StatusCommand output", lambda t: t["Outputs"].pop("StatusCommand")),
+    ("alerts_outputs", "backup-now command without the metrics namespace",
+     lambda t: t["Outputs"]["BackupNowCommand"]["Value"].update({"Fn::Sub": t["Outputs"]["BackupNowCommand"]
+                                                                ["Value"]["Fn::Sub"].replace(" --cloudwatch-namespace ${MetricsNamespace}", "")})),
+    ("alerts_outputs", "no alarm name outputs", lambda t: t["Outputs"].pop("SilenceAlarmName")),
     ("iam_role_inline_policy_exact", "signal any stack",
      lambda t: _stmt(t, "SignalThisStack").update(Resource={
          "Fn::Sub": "arn:${AWS::Partition}:cloudformation:${AWS::Region}:${AWS::AccountId}:stack/*"})),

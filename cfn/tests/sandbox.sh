@@ -13,7 +13,7 @@
 # #cloud-config), HELP (cfnhelp.py), EXPECT_SHA256 (sha256 of the real binary), STACK_NAME, REGION,
 # IMAGES_BUCKET, BACKUP_USER, BACKUP_DIR, SCHEDULE, SEED (local copy of the bucket's objects),
 # AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY; VOL (loop device of the backup volume)
-# and VOL_FILE (its backing file), VOLUME_ID (the stack's BackupVolume); EXPECT_LOG (failure scenarios: a line the log must contain).
+# and VOL_FILE (its backing file), VOLUME_ID (the stack's BackupVolume), METRICS_NAMESPACE; EXPECT_LOG (failure scenarios: a line the log must contain).
 # Scenarios that succeed:
 #   al2023    AL2023-like (dnf installs cfn-signal, cronie and runuser); the volume is attached by
 #             the bootstrap after another instance let it go; blank, so it is formatted
@@ -28,7 +28,7 @@
 set -uo pipefail
 : "${W:?}" "${SCENARIO:?}" "${USERDATA:?}" "${HELP:?}" "${EXPECT_SHA256:?}" "${STACK_NAME:?}"
 : "${REGION:?}" "${IMAGES_BUCKET:?}" "${BACKUP_USER:?}" "${BACKUP_DIR:?}" "${SEED:?}" "${SCHEDULE:?}"
-: "${AWS_ENDPOINT_URL:?}" "${VOL:?}" "${VOL_FILE:?}" "${VOLUME_ID:?}"
+: "${AWS_ENDPOINT_URL:?}" "${VOL:?}" "${VOL_FILE:?}" "${VOLUME_ID:?}" "${METRICS_NAMESPACE:?}"
 
 ok() { echo "ok - sandbox $SCENARIO: $*"; }
 notok() { echo "not ok - sandbox $SCENARIO: $*"; }
@@ -348,8 +348,18 @@ at_schedule() {
 }
 check "the job runs at the deployed schedule ($SCHEDULE) as $BACKUP_USER" at_schedule
 # shellcheck disable=SC2016 # expanded by eval, on purpose
-check "the job runs $bin on the images bucket into the backup folder, state on the volume, output to the system log" \
-  eval '[[ "$cron_cmd" == "$bin "* && "$cron_cmd" == *"$IMAGES_BUCKET"* && "$cron_cmd" == *"$BACKUP_DIR"* && "$cron_cmd" == *"--state-dir $mnt/state"* && "$cron_cmd" == *"| logger -t s3backup" ]]'
+check "the job runs $bin on the images bucket into the backup folder, state on the volume, metrics to $METRICS_NAMESPACE, output to the system log" \
+  eval '[[ "$cron_cmd" == "$bin "* && "$cron_cmd" == *"$IMAGES_BUCKET"* && "$cron_cmd" == *"$BACKUP_DIR"* && "$cron_cmd" == *"--state-dir $mnt/state"* && "$cron_cmd" == *"--cloudwatch-namespace $METRICS_NAMESPACE"* && "$cron_cmd" == *"| logger -t s3backup" ]]'
+# The first backup published its outcome, where the alarms look (moto's CloudWatch).
+succeeded_metric() {
+  local max
+  max=$("$real_aws" cloudwatch get-metric-statistics --namespace "$METRICS_NAMESPACE" --metric-name BackupSucceeded \
+    --dimensions "Name=Bucket,Value=$IMAGES_BUCKET" --statistics Maximum --period 60 \
+    --start-time "$(date -u -d '-1 hour' +%Y-%m-%dT%H:%M:%SZ)" --end-time "$(date -u -d '+1 hour' +%Y-%m-%dT%H:%M:%SZ)" \
+    --query 'max(Datapoints[].Maximum)' --output text)
+  [ "${max%.0}" = 1 ]
+}
+check "the first backup published BackupSucceeded = 1 for Bucket=$IMAGES_BUCKET in $METRICS_NAMESPACE (moto)" succeeded_metric
 
 if [ "$SCENARIO" = replaced ]; then
   echo "    bootstrap log ($SCENARIO):" >&2

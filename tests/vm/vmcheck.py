@@ -237,6 +237,12 @@ def check_good(disk, sc, work):
            len(job) == 1 and job[0].startswith(f"{sc['schedule']} {user} /usr/local/bin/s3backup "), job)
         ok(f"the job keeps its state on the backup disk (--state-dir {MNT}/state)",
            len(job) == 1 and f" --state-dir {MNT}/state " in job[0], job)
+        ns = subprocess.run([sys.executable, CFNHELP, "template-value", os.path.join(REPO, "cfn", "stack.yaml"),
+                             "Parameters.MetricsNamespace.Default"], capture_output=True, text=True).stdout.strip()
+        # (The guest has no CloudWatch: the job's publish fails with a warning, which never changes
+        # its exit code; cfn/tests/sandbox.sh sees the metric arrive in moto.)
+        ok(f"the job publishes its metrics (--cloudwatch-namespace {ns})",
+           bool(ns) and len(job) == 1 and f" --cloudwatch-namespace {ns} " in job[0], job)
     else:
         ok("/etc/cron.d/s3backup could be read", False)
 
