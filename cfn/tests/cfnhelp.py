@@ -13,6 +13,9 @@ Subcommands (all print to stdout, exit non-zero with a message on stderr when a 
   mutants TEMPLATE DIR                        write DIR/NN-<rule>.json, each breaking one guard rule,
                                               and DIR/00-unmutated.json; list them as rule<TAB>what
   template-value TEMPLATE PATH                a value of the template, e.g. Parameters.BackupUser.Default
+  write-mbr FILE                              an MBR with one empty Linux partition (from sector 2048,
+                                              64 MiB) at the start of FILE: a disk that is not blank and
+                                              not the bootstrap's file system
 """
 
 import base64
@@ -23,6 +26,7 @@ import pwd
 import grp
 import re
 import shlex
+import struct
 import sys
 
 import yaml
@@ -590,6 +594,14 @@ def mutants(template_path, outdir):
         print(f"{name}\t{rule}\t{what}")
 
 
+def write_mbr(path):
+    mbr = bytearray(512)
+    mbr[446:462] = bytes([0, 0, 0, 0, 0x83, 0, 0, 0]) + struct.pack("<II", 2048, 131072)
+    mbr[510:512] = b"\x55\xaa"
+    with open(path, "r+b") as f:
+        f.write(mbr)
+
+
 def template_value(template_path, dotted):
     v = load_template(template_path)
     for part in dotted.split("."):
@@ -617,6 +629,8 @@ def main(argv):
         mutants(args[0], args[1])
     elif cmd == "template-value":
         template_value(args[0], args[1])
+    elif cmd == "write-mbr":
+        write_mbr(args[0])
     else:
         raise SystemExit(f"unknown subcommand {cmd!r}\n{__doc__}")
 
