@@ -63,14 +63,11 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
-    /// The backup folder, as given to the backups.
-    #[arg(long, env = "S3BACKUP_DEST", value_name = "DIR")]
-    pub dest: PathBuf,
+    #[command(flatten)]
+    pub at: DestArgs,
     /// The bucket to restore into.
     #[arg(long, value_name = "NAME")]
     pub bucket: String,
-    #[arg(long, value_name = "DIR")]
-    pub state_dir: Option<PathBuf>,
     /// Only keys starting with P.
     #[arg(long, value_name = "P")]
     pub prefix: Option<String>,
@@ -105,17 +102,25 @@ pub struct RestoreArgs {
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
+    #[command(flatten)]
+    pub at: DestArgs,
+    /// Only keys starting with P.
+    #[arg(long, value_name = "P")]
+    pub prefix: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--dest` and `--state-dir` of the commands that read a destination's state (status, verify,
+/// restore).
+#[derive(Debug, Args)]
+pub struct DestArgs {
     /// The backup folder, as given to the backups.
     #[arg(long, env = "S3BACKUP_DEST", value_name = "DIR")]
     pub dest: PathBuf,
     /// The state directory the backups use (default as for a backup).
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
-    /// Only keys starting with P.
-    #[arg(long, value_name = "P")]
-    pub prefix: Option<String>,
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// Where a destination's state lives, resolved as the backups resolve it.
@@ -126,15 +131,16 @@ pub struct DestState {
     pub state_dir: PathBuf,
 }
 
-/// `--dest` and `--state-dir` of a command that reads a destination's state.
-pub fn dest_state(dest: &std::path::Path, flag: Option<PathBuf>) -> Result<DestState, ConfigError> {
-    let dest = config::absolute(dest)?;
-    // The backups key their state by the resolved destination.
-    let dest = dest.canonicalize().unwrap_or(dest);
-    Ok(DestState {
-        dest,
-        state_dir: state_dir(flag)?,
-    })
+impl DestArgs {
+    pub fn resolve(self) -> Result<DestState, ConfigError> {
+        let dest = config::absolute(&self.dest)?;
+        // The backups key their state by the resolved destination.
+        let dest = dest.canonicalize().unwrap_or(dest);
+        Ok(DestState {
+            dest,
+            state_dir: state_dir(self.state_dir)?,
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -196,12 +202,8 @@ pub struct BackupArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// The backup folder, as given to the backups.
-    #[arg(long, env = "S3BACKUP_DEST", value_name = "DIR")]
-    pub dest: PathBuf,
-    /// The state directory the backups use (default as for a backup).
-    #[arg(long, value_name = "DIR")]
-    pub state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub at: DestArgs,
     /// Hours since the last success that are still healthy.
     #[arg(long, value_name = "HOURS", default_value_t = crate::status::DEFAULT_MAX_AGE_HOURS)]
     pub max_age: f64,
@@ -318,7 +320,7 @@ impl StatusArgs {
         if !(self.max_age.is_finite() && self.max_age > 0.0) {
             return Err(ConfigError::BadMaxAge(self.max_age.to_string()));
         }
-        let d = dest_state(&self.dest, self.state_dir)?;
+        let d = self.at.resolve()?;
         Ok(StatusQuery {
             dir: crate::lock::dest_state_dir(&d.state_dir, &d.dest),
             max_age_hours: self.max_age,

@@ -95,6 +95,15 @@ where
     Described { status, code, line }
 }
 
+/// `describe(what, <the S3 endpoint>, e).line`: the one line of a failed S3 request.
+pub fn s3_line<E, R>(what: &str, e: &SdkError<E, R>) -> String
+where
+    E: ProvideErrorMetadata + StdError + 'static,
+    R: std::fmt::Debug + HasStatus + 'static,
+{
+    describe(what, s3_endpoint(), e).line
+}
+
 /// The innermost error's text, on one line, without the `(os error N)` tail: what went wrong at the
 /// bottom, e.g. `connection refused`.
 pub fn root_cause(e: &(dyn StdError + 'static)) -> String {

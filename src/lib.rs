@@ -129,7 +129,7 @@ fn status_command(args: StatusArgs) -> ExitCode {
 /// `s3backup verify`: the files at rest against the catalog, under the destination's lock.
 fn verify_command(args: VerifyArgs) -> ExitCode {
     let json = args.json;
-    let d = match cli::dest_state(&args.dest, args.state_dir) {
+    let d = match args.at.resolve() {
         Ok(d) => d,
         Err(e) => return fail(json, Exit::Config, &e.to_string()),
     };
@@ -229,7 +229,7 @@ fn prepare_restore(
         config::validate_endpoint(e).map_err(|e| e.to_string())?;
     }
     let concurrency = config::validate_concurrency(args.concurrency).map_err(|e| e.to_string())?;
-    let d = cli::dest_state(&args.dest, args.state_dir).map_err(|e| e.to_string())?;
+    let d = args.at.resolve().map_err(|e| e.to_string())?;
     let state = lock::dest_state_dir(&d.state_dir, &d.dest);
     let prefix = args.prefix.unwrap_or_default();
     let source = match args.from_history {

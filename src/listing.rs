@@ -139,14 +139,7 @@ pub async fn refresh(
         .encoding_type(EncodingType::Url)
         .send()
         .await
-        .map_err(|e| {
-            errtext::describe(
-                &format!("listing key {}", errtext::key(key)),
-                errtext::s3_endpoint(),
-                &e,
-            )
-            .line
-        })?;
+        .map_err(|e| errtext::s3_line(&format!("listing key {}", errtext::key(key)), &e))?;
     let url_encoded = out.encoding_type() == Some(&EncodingType::Url);
     for o in out.contents() {
         let info = object_info(o, url_encoded).map_err(|e| e.to_string())?;

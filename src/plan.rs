@@ -393,16 +393,21 @@ mod tests {
         assert_eq!(p.plan(d.path(), &bigger), Plan::Fetch("f".into()));
     }
 
+    /// `path` holding `body`, with `mtime`.
+    fn file_at(path: &Path, body: &[u8], mtime: std::time::SystemTime) -> fs::File {
+        fs::write(path, body).unwrap();
+        let f = fs::File::options().write(true).open(path).unwrap();
+        f.set_modified(mtime).unwrap();
+        f
+    }
+
     #[test]
     fn a_different_etag_is_a_change_whatever_size_and_mtime_say() {
         let d = tempfile::tempdir().unwrap();
         let state = tempfile::tempdir().unwrap();
         let catalog = Catalog::open(state.path()).unwrap();
         let o = obj("f", 3);
-        let path = d.path().join("f");
-        fs::write(&path, b"abc").unwrap();
-        let f = fs::File::options().write(true).open(&path).unwrap();
-        f.set_modified(o.last_modified.unwrap()).unwrap();
+        file_at(&d.path().join("f"), b"abc", o.last_modified.unwrap());
         let mut p = Planner::new(true, Some(catalog.clone()));
         // No row yet: adopted as it is, and recorded with the listed ETag.
         assert_eq!(p.plan(d.path(), &o), Plan::Unchanged);
@@ -416,12 +421,7 @@ mod tests {
         assert_eq!(p.plan(d.path(), &same_second), Plan::Fetch("f".into()));
         // A dry run reads the catalog but records nothing.
         let mut dry = Planner::new(false, Some(catalog.clone()));
-        fs::write(d.path().join("g"), b"abc").unwrap();
-        let g = fs::File::options()
-            .write(true)
-            .open(d.path().join("g"))
-            .unwrap();
-        g.set_modified(o.last_modified.unwrap()).unwrap();
+        file_at(&d.path().join("g"), b"abc", o.last_modified.unwrap());
         assert_eq!(dry.plan(d.path(), &obj("g", 3)), Plan::Unchanged);
         assert_eq!(dry.record_adopted().unwrap(), 0);
         assert_eq!(catalog.get("g").unwrap(), None);
@@ -434,9 +434,7 @@ mod tests {
         let catalog = Catalog::open(state.path()).unwrap();
         let o = obj("f", 3);
         let path = d.path().join("f");
-        fs::write(&path, b"abc").unwrap();
-        let f = fs::File::options().write(true).open(&path).unwrap();
-        f.set_modified(o.last_modified.unwrap()).unwrap();
+        let f = file_at(&path, b"abc", o.last_modified.unwrap());
         catalog.record(&[entry_of(&o, Some(42))]).unwrap();
         let mut copied = o.clone();
         copied.last_modified = Some(o.last_modified.unwrap() + Duration::from_secs(86_400));

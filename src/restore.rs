@@ -299,12 +299,7 @@ async fn restore_one(client: &Client, item: &Item, s: &Settings) -> Result<Outco
         }
         Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => {}
         Err(e) => {
-            return Err(errtext::describe(
-                &format!("HEAD {}", errtext::key(key)),
-                errtext::s3_endpoint(),
-                &e,
-            )
-            .line);
+            return Err(errtext::s3_line(&format!("HEAD {}", errtext::key(key)), &e));
         }
     }
     if s.dry_run {
@@ -336,14 +331,7 @@ async fn restore_one(client: &Client, item: &Item, s: &Settings) -> Result<Outco
                 .body(body)
                 .send()
                 .await
-                .map_err(|e| {
-                    errtext::describe(
-                        &format!("PUT {}", errtext::key(key)),
-                        errtext::s3_endpoint(),
-                        &e,
-                    )
-                    .line
-                })?;
+                .map_err(|e| errtext::s3_line(&format!("PUT {}", errtext::key(key)), &e))?;
         }
     }
     Ok(Outcome::Uploaded(size))
@@ -363,9 +351,7 @@ async fn upload_parts(
         .key(key)
         .send()
         .await
-        .map_err(|e| {
-            errtext::describe(&what("CreateMultipartUpload"), errtext::s3_endpoint(), &e).line
-        })?;
+        .map_err(|e| errtext::s3_line(&what("CreateMultipartUpload"), &e))?;
     let upload_id = up.upload_id().unwrap_or_default().to_owned();
     let mut parts = Vec::with_capacity(d.part_md5s.len());
     let result: Result<(), String> = async {
@@ -391,14 +377,7 @@ async fn upload_parts(
                 .body(body)
                 .send()
                 .await
-                .map_err(|e| {
-                    errtext::describe(
-                        &format!("{} part {n}", what("UploadPart")),
-                        errtext::s3_endpoint(),
-                        &e,
-                    )
-                    .line
-                })?;
+                .map_err(|e| errtext::s3_line(&format!("{} part {n}", what("UploadPart")), &e))?;
             parts.push(
                 CompletedPart::builder()
                     .part_number(n)
@@ -419,9 +398,7 @@ async fn upload_parts(
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| {
-                errtext::describe(&what("CompleteMultipartUpload"), errtext::s3_endpoint(), &e).line
-            })
+            .map_err(|e| errtext::s3_line(&what("CompleteMultipartUpload"), &e))
     }
     .await;
     if result.is_err() {

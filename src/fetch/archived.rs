@@ -36,9 +36,7 @@ impl Fetcher {
             .key(&obj.key)
             .send()
             .await
-            .map_err(|e| {
-                errtext::describe(&op("HEAD", &obj.key), errtext::s3_endpoint(), &e).line
-            })?;
+            .map_err(|e| errtext::s3_line(&op("HEAD", &obj.key), &e))?;
         if head.restore().is_some_and(restore_in_progress) {
             tracing::debug!(key = %obj.key, "restore already in progress");
             return Ok(false);
@@ -67,12 +65,7 @@ impl Fetcher {
             }
             // A restore started since the HEAD (another client): nothing more to ask.
             Err(e) if e.code() == Some("RestoreAlreadyInProgress") => Ok(false),
-            Err(e) => {
-                Err(
-                    errtext::describe(&op("RestoreObject", &obj.key), errtext::s3_endpoint(), &e)
-                        .line,
-                )
-            }
+            Err(e) => Err(errtext::s3_line(&op("RestoreObject", &obj.key), &e)),
         }
     }
 }
