@@ -280,9 +280,23 @@ def check_crond(path, user):
 
 
 # ----------------------------------------------------------------------------- guard mutants
+def _stmts(t):
+    return t["Resources"]["InstanceRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+
+
 def _stmt(t, sid):
-    return next(s for s in t["Resources"]["InstanceRole"]["Properties"]["Policies"][0]
-                ["PolicyDocument"]["Statement"] if s.get("Sid") == sid)
+    return next(s for s in _stmts(t) if s.get("Sid") == sid)
+
+
+def _restore_if(t):
+    """The Fn::If list of the conditional s3:RestoreObject statement."""
+    return next(s for s in _stmts(t) if "Fn::If" in s)["Fn::If"]
+
+
+def _restore_unconditional(t):
+    st = _stmts(t)
+    i = next(i for i, s in enumerate(st) if "Fn::If" in s)
+    st[i] = st[i]["Fn::If"][1]
 
 
 def _ud_replace(old, new):
@@ -292,6 +306,17 @@ def _ud_replace(old, new):
         if old not in sub:
             raise SystemExit(f"mutant: {old!r} not in UserData")
         ud["Fn::Base64"]["Fn::Sub"] = sub.replace(old, new)
+    return f
+
+
+def _ud_replace_after(anchor, old, new):
+    """Replace the first occurrence of old after anchor."""
+    def f(t):
+        ud = t["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]
+        sub = ud["Fn::Base64"]["Fn::Sub"]
+        i = sub.index(anchor)
+        j = sub.index(old, i)
+        ud["Fn::Base64"]["Fn::Sub"] = sub[:j] + new + sub[j + len(old):]
     return f
 
 
@@ -495,6 +520,45 @@ MUTANTS = [
          {"cloudwatch:namespace": "AWS/EC2"})),
     ("iam_role_inline_policy_exact", "cloudwatch:* instead of PutMetricData",
      lambda t: _stmt(t, "PublishTheJobsMetrics").update(Action="cloudwatch:*")),
+    ("iam_restore_archived_only_when_on", "RestoreArchivedDays 0: s3:RestoreObject granted unconditionally",
+     _restore_unconditional),
+    ("iam_restore_archived_only_when_on", "RestoreArchivedDays 0: the other branch grants s3:RestoreObject too",
+     lambda t: _restore_if(t).__setitem__(2, copy.deepcopy(_restore_if(t)[1]))),
+    ("iam_restore_archived_only_when_on", "RestoreArchivedDays 0: the condition is true at 0",
+     lambda t: t["Conditions"].update(RestoresArchived={"Fn::Equals": [{"Ref": "RestoreArchivedDays"}, 0]})),
+    ("iam_restore_archived_only_when_on", "RestoreArchivedDays 0: a statement with s3:Restore*",
+     lambda t: _stmt(t, "ReadImages").update(Action=["s3:GetObject", "s3:Restore*"])),
+    ("iam_restore_archived_only_when_on", "default RestoreArchivedDays 7 (on unless turned off)",
+     lambda t: t["Parameters"]["RestoreArchivedDays"].update(Default=7)),
+    ("iam_restore_archived_only_when_on", "on: s3:RestoreObject on every bucket",
+     lambda t: _restore_if(t)[1].update(Resource={"Fn::Sub": "arn:${AWS::Partition}:s3:::*"})),
+    ("iam_restore_archived_only_when_on", "on: s3:RestoreObject and s3:PutObject",
+     lambda t: _restore_if(t)[1].update(Action=["s3:RestoreObject", "s3:PutObject"])),
+    ("iam_restore_archived_only_when_on", "on: s3:* instead of s3:RestoreObject",
+     lambda t: _restore_if(t)[1].update(Action="s3:*")),
+    ("iam_restore_archived_only_when_on", "on: no restore statement at all",
+     lambda t: _stmts(t).remove(next(s for s in _stmts(t) if "Fn::If" in s))),
+    ("iam_restore_archived_only_when_on", "on: the job never gets --restore-archived",
+     _ud_replace_after('"$BIN" cron-entry', '--restore-archived "$RESTORE_ARCHIVED_DAYS"', "")),
+    ("history_on_the_volume", "the cron job without --history-dir",
+     _ud_replace_after('"$BIN" cron-entry', '--history-dir "$HISTORY_DIR"', "")),
+    ("history_on_the_volume", "the first backup without --history-dir",
+     _ud_replace_after('"$BIN" --json', '--history-dir "$HISTORY_DIR"', "")),
+    ("history_on_the_volume", "history on the root volume",
+     _ud_replace("HISTORY_DIR=$MNT/history\n", "HISTORY_DIR=/var/lib/s3backup-history\n")),
+    ("history_on_the_volume", "a fixed --keep-days",
+     _ud_replace("HISTORY_DAYS='${HistoryDays}'", "HISTORY_DAYS='30'")),
+    ("history_on_the_volume", "BackupDir may be the history folder",
+     lambda t: t["Parameters"]["BackupDir"].update(AllowedPattern=t["Parameters"]["BackupDir"]["AllowedPattern"]
+                                                   .replace("(state|history)", "state"))),
+    ("history_on_the_volume", "HistoryDays default 0",
+     lambda t: t["Parameters"]["HistoryDays"].update(Default=0)),
+    ("backup_linked_into_home", "no link in the home folder",
+     _ud_replace('ln -s "$BACKUP_DIR" "$LINK"\n', 'true\n')),
+    ("backup_linked_into_home", "a link elsewhere is replaced",
+     _ud_replace('ln -s "$BACKUP_DIR" "$LINK"\n', 'ln -sfn "$BACKUP_DIR" "$LINK"\n')),
+    ("backup_linked_into_home", "an existing folder is replaced",
+     _ud_replace('die "$LINK exists and is not a symlink', 'rm -rf "$LINK"; log "$LINK exists and is not a symlink')),
     ("alerts_topic_encrypted", "topic not encrypted",
      lambda t: t["Resources"]["AlertTopic"]["Properties"].pop("KmsMasterKeyId")),
     ("alerts_topic_encrypted", "topic under the AWS managed key",

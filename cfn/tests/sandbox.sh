@@ -13,7 +13,8 @@
 # #cloud-config), HELP (cfnhelp.py), EXPECT_SHA256 (sha256 of the real binary), STACK_NAME, REGION,
 # IMAGES_BUCKET, BACKUP_USER, BACKUP_DIR, SCHEDULE, SEED (local copy of the bucket's objects),
 # AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY; VOL (loop device of the backup volume)
-# and VOL_FILE (its backing file), VOLUME_ID (the stack's BackupVolume), METRICS_NAMESPACE; EXPECT_LOG (failure scenarios: a line the log must contain).
+# and VOL_FILE (its backing file), VOLUME_ID (the stack's BackupVolume), METRICS_NAMESPACE; EXPECT_LOG (failure scenarios: a line the log must contain);
+# EXPECT_KEEP_DAYS and EXPECT_RESTORE_ARCHIVED (the HistoryDays and RestoreArchivedDays rendered).
 # Scenarios that succeed:
 #   al2023    AL2023-like (dnf installs cfn-signal, cronie and runuser); the volume is attached by
 #             the bootstrap after another instance let it go; blank, so it is formatted
@@ -38,6 +39,13 @@ check() {
   if "$@"; then ok "$name"; else notok "$name"; fi
 }
 show() { sed 's/^/    | /' "$@" >&2; }
+# Run a command; on failure show its output.
+quiet_ok() {
+  local out
+  out=$("$@" 2>&1) && return 0
+  printf '%s\n' "$out" | tail -n 30 | sed 's/^/    | /' >&2
+  return 1
+}
 
 # ------------------------------------------------------------------------------ the sandbox
 real_aws=$(command -v aws) real_curl=$(command -v curl) real_runuser=$(command -v runuser)
@@ -318,8 +326,13 @@ check "backup folder is 0700 and owned by the backup user" \
   [ "$(stat -c '%a %U' "$BACKUP_DIR" 2>/dev/null)" = "700 $BACKUP_USER" ]
 check "state folder $mnt/state is 0700 and owned by the backup user" \
   [ "$(stat -c '%a %U' "$mnt/state" 2>/dev/null)" = "700 $BACKUP_USER" ]
-check "the backup folder and the state are on the volume, not on the root file system" \
-  eval "[ \"\$(findmnt -n -o SOURCE --target '$BACKUP_DIR')\" = '$dev' ] && [ -n \"\$(find '$mnt/state' -name last-run.json)\" ]"
+check "history folder $mnt/history is 0700 and owned by the backup user" \
+  [ "$(stat -c '%a %U' "$mnt/history" 2>/dev/null)" = "700 $BACKUP_USER" ]
+check "the backup folder, the state and the history are on the volume, not on the root file system" \
+  eval "[ \"\$(findmnt -n -o SOURCE --target '$BACKUP_DIR')\" = '$dev' ] && [ -n \"\$(find '$mnt/state' -name last-run.json)\" ] && [ \"\$(findmnt -n -o SOURCE --target '$mnt/history')\" = '$dev' ]"
+link=$home/${BACKUP_DIR##*/}
+check "$link is a symlink of the backup user to $BACKUP_DIR" \
+  eval "[ -L '$link' ] && [ \"\$(readlink '$link')\" = '$BACKUP_DIR' ] && [ \"\$(stat -c %U '$link')\" = '$BACKUP_USER' ]"
 
 # The binary.
 check "binary installed root:root 0755" [ "$(stat -c '%a %U %G' "$bin" 2>/dev/null)" = "755 root root" ]
@@ -349,7 +362,16 @@ at_schedule() {
 check "the job runs at the deployed schedule ($SCHEDULE) as $BACKUP_USER" at_schedule
 # shellcheck disable=SC2016 # expanded by eval, on purpose
 check "the job runs $bin on the images bucket into the backup folder, state on the volume, metrics to $METRICS_NAMESPACE, output to the system log" \
-  eval '[[ "$cron_cmd" == "$bin "* && "$cron_cmd" == *"$IMAGES_BUCKET"* && "$cron_cmd" == *"$BACKUP_DIR"* && "$cron_cmd" == *"--state-dir $mnt/state"* && "$cron_cmd" == *"--cloudwatch-namespace $METRICS_NAMESPACE"* && "$cron_cmd" == *"| logger -t s3backup" ]]'
+  eval '[[ "$cron_cmd" == "$bin "* && "$cron_cmd" == *"$IMAGES_BUCKET"* && "$cron_cmd" == *"--dest $BACKUP_DIR "* && "$cron_cmd" == *"--state-dir $mnt/state"* && "$cron_cmd" == *"--cloudwatch-namespace $METRICS_NAMESPACE"* && "$cron_cmd" == *"| logger -t s3backup" ]]'
+job_has() { [[ "$cron_cmd" == *" $1 "* ]]; }
+check "the job keeps history: --history-dir $mnt/history --keep-days ${EXPECT_KEEP_DAYS:?} --max-delete 50" \
+  job_has "--history-dir $mnt/history --keep-days $EXPECT_KEEP_DAYS --max-delete 50"
+if [ "${EXPECT_RESTORE_ARCHIVED:?}" = 0 ]; then
+  check "RestoreArchivedDays 0: the job has no --restore-archived" eval "! job_has --restore-archived"
+else
+  check "RestoreArchivedDays $EXPECT_RESTORE_ARCHIVED: the job has --restore-archived $EXPECT_RESTORE_ARCHIVED" \
+    job_has "--restore-archived $EXPECT_RESTORE_ARCHIVED"
+fi
 # The first backup published its outcome, where the alarms look (moto's CloudWatch).
 succeeded_metric() {
   local max
@@ -386,12 +408,42 @@ mkdir -p "$SEED/added-later-$SCENARIO"
 head -c 70000 /dev/urandom > "$SEED/added-later-$SCENARIO/new photo.jpg"
 aws s3 cp --only-show-errors "$SEED/added-later-$SCENARIO/new photo.jpg" \
   "s3://$IMAGES_BUCKET/added-later-$SCENARIO/new photo.jpg" || notok "uploading a new object to moto"
+if [ "$SCENARIO" = al2023 ]; then
+  # A replaced object: the cron run must keep its old bytes in the history folder.
+  old_readme=$(cat "$SEED/notes/readme.txt")
+  echo "hello, replaced" > "$SEED/notes/readme.txt"
+  aws s3 cp --only-show-errors "$SEED/notes/readme.txt" "s3://$IMAGES_BUCKET/notes/readme.txt" \
+    || notok "replacing notes/readme.txt in moto"
+fi
+as_cron() {
+  "$W/runuser.real" -u "$BACKUP_USER" -- env -i SHELL="$cron_shell" PATH="${cron_path#PATH=}" HOME="$home" \
+    LOGNAME="$BACKUP_USER" USER="$BACKUP_USER" "${cron_shell#SHELL=}" -c "$cron_cmd"
+}
 : > "$W/syslog.log"
-"$W/runuser.real" -u "$BACKUP_USER" -- env -i SHELL="$cron_shell" PATH="${cron_path#PATH=}" HOME="$home" \
-  LOGNAME="$BACKUP_USER" USER="$BACKUP_USER" "${cron_shell#SHELL=}" -c "$cron_cmd"
+as_cron
 cron_rc=$?
 check "the cron line, run as written, exits 0" [ "$cron_rc" -eq 0 ]
 check "the cron line backed up the object added after the bootstrap" diff -r "$SEED" "$BACKUP_DIR"
+check "the files are there through $link too" diff -r "$SEED" "$link/"
+as_user() { "$W/runuser.real" -u "$BACKUP_USER" -- env HOME="$home" "$@"; }
+if [ "$SCENARIO" = al2023 ]; then
+  mapfile -t runs < <(ls "$mnt/history")
+  kept_in_history() { [ "${#runs[@]}" = 1 ] && [ "$(cat "$mnt/history/${runs[0]}/notes/readme.txt" 2>/dev/null)" = "$old_readme" ]; }
+  check "the replaced file's old bytes are in $mnt/history/<run-id>/notes/readme.txt (runs: ${runs[*]})" kept_in_history
+  # cfn/README's verify, through the link as the user would type it.
+  check "s3backup verify --dest $link --state-dir $mnt/state exits 0" \
+    quiet_ok as_user "$bin" verify --dest "$link" --state-dir "$mnt/state"
+  # cfn/README's restore of one file from history, with credentials that may write (moto's).
+  check "s3backup restore --from-history ${runs[0]:-} --prefix notes/readme.txt puts the old bytes back into the bucket" \
+    quiet_ok as_user "$bin" restore --dest "$link" --state-dir "$mnt/state" --bucket "$IMAGES_BUCKET" \
+    --region "$REGION" --from-history "${runs[0]:-none}" --history-dir "$mnt/history" --prefix notes/readme.txt --overwrite
+  restored() { [ "$("$real_aws" s3 cp --only-show-errors "s3://$IMAGES_BUCKET/notes/readme.txt" -)" = "$old_readme" ]; }
+  check "the bucket's notes/readme.txt has its old bytes again" restored
+  # Back in step with the bucket (the replaced scenario counts on it): one more run.
+  echo "$old_readme" > "$SEED/notes/readme.txt"
+  in_step() { as_cron && diff -r "$SEED" "$BACKUP_DIR"; }
+  check "the cron line after the restore exits 0 and the backup equals the bucket again" in_step
+fi
 sleep 0.5
 check "the cron line's output reached the system log, tagged s3backup" grep -q ' s3backup\(\[[0-9]*\]\)\?: ' "$W/syslog.log"
 echo "    system log of the cron run:" >&2
@@ -416,6 +468,18 @@ if [ "$SCENARIO" = al2023 ]; then
   remounted() { [ "$rc3" -eq 0 ] && [ "$(findmnt -n -o SOURCE --mountpoint "$mnt")" = "$dev" ] && [ -d "$BACKUP_DIR" ]; }
   check "a bootstrap run with the volume unmounted mounts it again" remounted
   [ "$rc3" -eq 0 ] || show "$W/bootstrap3.log"
+  # Something else where the link goes: never replaced; the bootstrap fails and names it.
+  rm "$link" && ln -s /tmp "$link"
+  refused() { # LOG MESSAGE: the bootstrap failed and said MESSAGE
+    ! (cd / && PATH="$stub:$PATH" sh "$W/runcmd.sh") > "$1" 2>&1 && grep -qF "$2" "$1"
+  }
+  link_kept() { refused "$W/bootstrap4.log" "$link points to /tmp, not to $BACKUP_DIR: not replacing it" \
+    && [ "$(readlink "$link")" = /tmp ]; }
+  check "a link to elsewhere at $link: the bootstrap fails naming it, the link is left as it was" link_kept
+  rm "$link" && mkdir "$link" && echo mine > "$link/own.txt"
+  folder_kept() { refused "$W/bootstrap5.log" "$link exists and is not a symlink: not replacing it" \
+    && [ ! -L "$link" ] && [ "$(cat "$link/own.txt")" = mine ]; }
+  check "a folder at $link: the bootstrap fails naming it, the folder and its file are left as they were" folder_kept
 fi
 umount "$mnt" 2>/dev/null
 echo "    bootstrap log ($SCENARIO):" >&2
