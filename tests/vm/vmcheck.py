@@ -73,6 +73,15 @@ class Disk:
         return {"type": m.group(1), "mode": int(m.group(2), 8), "uid": int(u.group(1)),
                 "gid": int(u.group(2)), "size": int(s.group(1)) if s else None}
 
+    def readlink(self, path):
+        """The target of a symlink (fast or not), or None."""
+        out, _ = self._run(f'stat "{path}"')
+        m = re.search(r'Fast link dest: "(.*)"', out)
+        if m:
+            return m.group(1)
+        local = self.dump(path)  # a slow link: debugfs dumps its target as the file's content
+        return open(local, encoding="utf-8").read() if local else None
+
     def exists(self, path):
         return self.stat(path) is not None
 
@@ -221,6 +230,20 @@ def check_good(disk, sc, work):
     st = ebs.stat("/state")
     ok(f"{MNT}/state is a directory on the backup disk owned by {user}, mode 0700",
        st is not None and st["type"] == "directory" and st["uid"] == uid and st["mode"] == 0o700, st)
+    st = ebs.stat("/history")
+    ok(f"{MNT}/history is a directory on the backup disk owned by {user}, mode 0700",
+       st is not None and st["type"] == "directory" and st["uid"] == uid and st["mode"] == 0o700, st)
+    # The backup in the user's home: a symlink on the (fresh) root disk to the folder on the volume.
+    link = f"{u['home'] if u else '/home/' + user}/{os.path.basename(bdir)}"
+    st = disk.stat(link)
+    ok(f"{link} on the root disk is a symlink of {user} to {bdir}",
+       st is not None and st["type"] == "symlink" and st["uid"] == uid and disk.readlink(link) == bdir,
+       f"{st} -> {disk.readlink(link) if st else None}")
+    # The guest itself resolved it (readlink -f in the bootstrap) before logging this line; the
+    # folder it leads to holds the bucket's tree (checked below on the backup disk).
+    ok(f"the guest's bootstrap resolved {link} to {bdir} (its log line '{link} -> {bdir}')",
+       re.search(rf"s3backup-bootstrap: \S+ {re.escape(link)} -> {re.escape(bdir)}\n", f["output_log"]) is not None,
+       f["output_log"][-2000:])
 
     # The cron.d file: owner and mode as on the disk, then the project's own cron.d checker.
     st = disk.stat("/etc/cron.d/s3backup")
@@ -237,6 +260,10 @@ def check_good(disk, sc, work):
            len(job) == 1 and job[0].startswith(f"{sc['schedule']} {user} /usr/local/bin/s3backup "), job)
         ok(f"the job keeps its state on the backup disk (--state-dir {MNT}/state)",
            len(job) == 1 and f" --state-dir {MNT}/state " in job[0], job)
+        ok(f"the job keeps history on the backup disk (--history-dir {MNT}/history --keep-days 30 --max-delete 50)"
+           " and restores no archived object (RestoreArchivedDays 0)",
+           len(job) == 1 and f" --history-dir {MNT}/history --keep-days 30 --max-delete 50 " in job[0]
+           and "--restore-archived" not in job[0] and f" --dest {bdir} " in job[0], job)
         ns = subprocess.run([sys.executable, CFNHELP, "template-value", os.path.join(REPO, "cfn", "stack.yaml"),
                              "Parameters.MetricsNamespace.Default"], capture_output=True, text=True).stdout.strip()
         # (The guest has no CloudWatch: the job's publish fails with a warning, which never changes
