@@ -20,7 +20,7 @@ use serde::Serialize;
 use crate::catalog::Catalog;
 use crate::errtext;
 use crate::report::Failed;
-use crate::verify::Crc64;
+use crate::verify::{Crc64, hex, multipart_etag};
 
 /// Rows (or history files) handled at a time.
 const PAGE: u32 = 1000;
@@ -217,6 +217,8 @@ struct Digests {
 fn digest_file(path: &Path, part_size: u64) -> io::Result<Digests> {
     let mut f = File::open(path)?;
     let size = f.metadata()?.len();
+    // A file of one part: its part's MD5 is the whole's, so only one is computed.
+    let parted = size > part_size;
     let mut whole = Md5State::new();
     let mut part = Md5State::new();
     let mut part_md5s = Vec::new();
@@ -231,7 +233,7 @@ fn digest_file(path: &Path, part_size: u64) -> io::Result<Digests> {
         let mut chunk = &buf[..n];
         whole.update(chunk);
         crc.update(chunk);
-        while !chunk.is_empty() {
+        while parted && !chunk.is_empty() {
             let take = chunk.len().min((part_size - in_part) as usize);
             part.update(&chunk[..take]);
             in_part += take as u64;
@@ -245,9 +247,13 @@ fn digest_file(path: &Path, part_size: u64) -> io::Result<Digests> {
     if in_part > 0 {
         part_md5s.push(part.finalize());
     }
+    let md5 = whole.finalize();
+    if !parted && size > 0 {
+        part_md5s.push(md5);
+    }
     Ok(Digests {
         size,
-        md5: whole.finalize(),
+        md5,
         part_md5s,
         crc64: crc.value(),
     })
@@ -411,17 +417,4 @@ async fn upload_parts(
             .await;
     }
     result
-}
-
-/// `<md5 of the part md5s>-N`, as S3 names a multipart upload of these parts.
-fn multipart_etag(part_md5s: &[[u8; 16]]) -> String {
-    let mut m = Md5State::new();
-    for p in part_md5s {
-        m.update(p);
-    }
-    format!("{}-{}", hex(&m.finalize()), part_md5s.len())
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }

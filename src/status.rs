@@ -47,7 +47,7 @@ fn write_atomically(path: &Path, text: &str) -> io::Result<()> {
     tmp.write_all(text.as_bytes())?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
-    fs::File::open(dir)?.sync_all()
+    crate::atomic::sync_dir(dir)
 }
 
 #[derive(Debug, thiserror::Error)]

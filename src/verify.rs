@@ -241,11 +241,7 @@ impl Md5Check {
                 Expected::Md5(want.clone()).check(digests.first().map(|d| d.to_vec()))
             }
             Md5Check::Parts { etag, .. } => {
-                let mut outer = Md5State::new();
-                for d in digests {
-                    outer.update(d);
-                }
-                let got = format!("{}-{}", hex(&outer.finalize()), digests.len());
+                let got = multipart_etag(digests);
                 let want = etag.trim_matches('"').to_ascii_lowercase();
                 if got == want {
                     Ok(())
@@ -401,7 +397,16 @@ fn plain_md5_etag(etag: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-fn hex(b: &[u8]) -> String {
+/// `<md5 of the part md5s>-N`: the ETag S3 gives a multipart upload of these parts.
+pub fn multipart_etag(part_md5s: &[[u8; 16]]) -> String {
+    let mut outer = Md5State::new();
+    for d in part_md5s {
+        outer.update(d);
+    }
+    format!("{}-{}", hex(&outer.finalize()), part_md5s.len())
+}
+
+pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
