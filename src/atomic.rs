@@ -20,7 +20,7 @@ use tempfile::NamedTempFile;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::catalog::{Catalog, Entry};
-use crate::history::History;
+use crate::history::{Aside, History};
 use crate::keypath::TEMP_PREFIX;
 use crate::verify::{self, Md5Check, Mismatch};
 
@@ -113,8 +113,8 @@ struct Job {
     md5: Option<Md5Check>,
     /// The catalog row, written once the file is installed.
     entry: Option<Entry>,
-    /// Answered with whether an older version was moved to history.
-    done: oneshot::Sender<Result<bool, CommitError>>,
+    /// Answered with what became of the version it replaced.
+    done: oneshot::Sender<Result<Aside, CommitError>>,
 }
 
 impl Committer {
@@ -175,7 +175,7 @@ impl Committer {
         mtime: Option<SystemTime>,
         md5: Option<Md5Check>,
         entry: Option<Entry>,
-    ) -> Result<bool, CommitError> {
+    ) -> Result<Aside, CommitError> {
         let (done, result) = oneshot::channel();
         let job = Job {
             staged,
@@ -286,23 +286,34 @@ fn make_durable(ready: Vec<Job>, catalog: Option<&Catalog>, history: Option<&His
         }
     }
     // 2. Rename each into place, then make each touched directory durable once.
-    type Done = oneshot::Sender<Result<bool, CommitError>>;
-    let mut installed: Vec<(PathBuf, Option<PathBuf>, Option<Entry>, Done)> = Vec::new();
+    type Done = oneshot::Sender<Result<Aside, CommitError>>;
+    let mut installed: Vec<(PathBuf, Aside, Option<Entry>, Done)> = Vec::new();
     for job in durable {
-        // The old version goes to history first: from here on it is in one place or the other.
-        let aside = match history.map(|h| h.move_aside(job.staged.target())) {
-            Some(Ok(dir)) => dir,
-            Some(Err(e)) => {
-                let _ = job.done.send(Err(e.into()));
-                continue;
+        // The old version goes to history first: from here on it is in one place or the other. Only a
+        // version the bucket held is kept (see `History::keep_old`).
+        let aside = match history {
+            Some(h) => {
+                let row = match (catalog, &job.entry) {
+                    (Some(c), Some(e)) => c.get(&e.key).map_err(io::Error::other),
+                    _ => Ok(None),
+                };
+                match row.and_then(|row| {
+                    h.keep_old(job.staged.target(), row.as_ref(), job.entry.as_ref())
+                }) {
+                    Ok(aside) => aside,
+                    Err(e) => {
+                        let _ = job.done.send(Err(e.into()));
+                        continue;
+                    }
+                }
             }
-            None => None,
+            None => Aside::Nothing,
         };
         let target = job.staged.target().to_path_buf();
         match job.staged.install() {
             Ok(dir) => installed.push((dir, aside, job.entry, job.done)),
             Err(e) => {
-                if let (Some(h), Some(_)) = (history, &aside) {
+                if let (Some(h), Aside::Kept(_)) = (history, &aside) {
                     h.put_back(&target);
                 }
                 let _ = job.done.send(Err(e.into()));
@@ -321,15 +332,15 @@ fn make_durable(ready: Vec<Job>, catalog: Option<&Catalog>, history: Option<&His
     let mut answers = Vec::with_capacity(installed.len());
     let mut entries = Vec::new();
     for (dir, aside, entry, done) in installed {
-        let moved = aside.is_some();
-        let r = match aside.map(&mut sync_once) {
-            Some(Err(e)) => Err(e),
-            _ => sync_once(dir),
-        };
+        let r = match &aside {
+            Aside::Kept(kept) => sync_once(kept.clone()),
+            _ => Ok(()),
+        }
+        .and_then(|()| sync_once(dir));
         if r.is_ok() {
             entries.extend(entry);
         }
-        answers.push((done, r.map(|()| moved)));
+        answers.push((done, r.map(|()| aside)));
     }
     // 3. The catalog, only for files whose rename is durable. A failure here costs the next run a
     // download (the file is adopted, or its old row differs from the listing), never a wrong row.
@@ -456,6 +467,7 @@ mod tests {
                 last_modified: None,
                 etag: Some(format!("\"{i}\"")),
                 crc64nvme: None,
+                damaged: false,
             };
             waits.push(tokio::spawn(async move {
                 (i, target, c.commit(s, len, None, md5, Some(entry)).await)

@@ -15,10 +15,12 @@ use crate::atomic;
 use crate::catalog::{self, Catalog};
 use crate::config::Config;
 use crate::fetch::{FetchSettings, Fetched, Fetcher, Target, Unfetched};
-use crate::history::History;
+use crate::history::{Aside, History};
 use crate::listing::{self, ListError, ObjectInfo};
 use crate::lock::{self, LockError, RunGuard};
+use crate::keypath::RefuseReason;
 use crate::plan::{Plan, Planner};
+use crate::signals::Stop;
 use crate::report::{Failed, Refused, Report, human_bytes};
 
 /// Why a run could not start or go on at all (as opposed to per-object failures in the `Report`).
@@ -37,20 +39,99 @@ const LISTING_DEPTH: usize = 2;
 const COMMIT_BATCH: usize = 64;
 const COMMIT_WINDOW: std::time::Duration = std::time::Duration::from_millis(5);
 
+/// Objects refused only because the folder in the way may be emptied by this run's deletions (an object
+/// `report` where `report/` held objects that are gone), retried once the deletions are done; beyond
+/// this many, the rest wait for the next run.
+const DEFERRED_MAX: usize = 10_000;
+
+/// A run: prepare the destination, list and plan, fetch and commit, reconcile deletions and history,
+/// report. A stop (`signals`) ends the listing and abandons the downloads in flight; what was committed
+/// stays, and the report says which signal stopped it.
 pub async fn run(
     config: &Config,
     settings: FetchSettings,
+    stop: &Stop,
     pb: &ProgressBar,
 ) -> Result<Report, RunError> {
     let started = Instant::now();
     let started_at = std::time::SystemTime::now();
     let mut report = Report {
-        max_delete_percent: config.max_delete_percent,
+        max_delete_limit: delete_limit_text(config),
         dry_run: config.dry_run,
         would_download: config.dry_run.then_some(0),
         ..Report::default()
     };
+    let prep = prepare(config, started_at, &mut report)?;
+    let sdk = crate::s3::sdk_config(config).await;
+    let client = crate::s3::client(config, &sdk).map_err(|e| RunError::Config(e.to_string()))?;
+    let committer = atomic::Committer::spawn(
+        COMMIT_BATCH,
+        COMMIT_WINDOW,
+        prep.catalog.clone(),
+        prep.history.clone(),
+    );
+    let fetcher = Fetcher::new(
+        client.clone(),
+        &config.bucket,
+        config.concurrency,
+        settings,
+        committer,
+    )
+    .restore_archived(config.restore_archived);
+    let mut pass = Pass {
+        dest: prep.dest.as_path().into(),
+        fetcher,
+        // Objects in flight (a few more than requests, so the next GET is ready while others fsync).
+        slots: Arc::new(Semaphore::new(config.concurrency * 2)),
+        tasks: JoinSet::new(),
+        dry_run: config.dry_run,
+        defer_dir_conflicts: prep.tracks_deletions && !config.dry_run,
+        deferred: Vec::new(),
+        report,
+    };
+    let listing = list_and_fetch(config, client, &prep, &mut pass, stop, pb).await?;
+    pass.drain(stop, pb).await;
+    if let Some(sig) = stop.caught() {
+        pass.report.interrupted = Some(sig);
+    } else {
+        reconcile(config, &prep, &mut pass, listing, stop, pb).await;
+    }
+    let mut report = pass.report;
+    report.elapsed_seconds = started.elapsed().as_secs_f64();
+    // Downloads end in any order; the report names archived keys in listing (byte) order.
+    report.archived.sort_unstable();
+    if let Some(g) = prep.guard
+        && report.interrupted.is_none()
+    {
+        // Every task has ended, so every temp file is committed or removed. (A stopped run leaves the
+        // marker, so the next one sweeps whatever an abandoned download's blocking write left.)
+        if let Err(e) = g.finish() {
+            tracing::warn!("could not clear the in-progress marker: {e}");
+        }
+    }
+    Ok(report)
+}
+
+/// What a run works with once the destination is ready.
+struct Prepared {
+    dest: PathBuf,
+    guard: Option<RunGuard>,
+    catalog: Option<Catalog>,
+    history: Option<Arc<History>>,
+    /// A complete listing tells which files' objects are gone (history on, or previewed in a dry run).
+    tracks_deletions: bool,
+}
+
+/// Step 1: the destination made and resolved, its state folder outside it, the lock and the
+/// in-progress marker taken, a killed run's temp files swept, the catalog and the history folder open.
+/// A dry run only reads.
+fn prepare(
+    config: &Config,
+    started_at: std::time::SystemTime,
+    report: &mut Report,
+) -> Result<Prepared, RunError> {
     let dest = prepare_dest(&config.dest, config.dry_run)?;
+    check_state_outside(&config.state_dir, &dest)?;
     let guard = if config.dry_run {
         None
     } else {
@@ -64,16 +145,12 @@ pub async fn run(
             RunError::Config(format!("destination {}: not writable: {e}", dest.display()))
         })?;
         if g.previous_run_interrupted {
-            let d = dest.clone();
-            let removed = tokio::task::spawn_blocking(move || atomic::sweep_temp_files(&d))
-                .await
-                .expect("sweep does not panic")
-                .map_err(|e| {
-                    RunError::Config(format!(
-                        "removing stale temp files under {}: {e}",
-                        dest.display()
-                    ))
-                })?;
+            let removed = atomic::sweep_temp_files(&dest).map_err(|e| {
+                RunError::Config(format!(
+                    "removing stale temp files under {}: {e}",
+                    dest.display()
+                ))
+            })?;
             if removed > 0 {
                 tracing::info!("removed {removed} temp files left by an interrupted run");
             }
@@ -81,7 +158,6 @@ pub async fn run(
         }
         Some(g)
     };
-
     let catalog = match &guard {
         Some(g) => Some(open_catalog(g.dir())?),
         None => {
@@ -92,9 +168,6 @@ pub async fn run(
             })
         }
     };
-
-    let sdk = crate::s3::sdk_config(config).await;
-    let client = crate::s3::client(config, &sdk).map_err(|e| RunError::Config(e.to_string()))?;
     // History is kept by real runs only: a dry run moves nothing.
     let history = match (&config.history_dir, &guard) {
         (Some(dir), Some(g)) => {
@@ -108,155 +181,301 @@ pub async fn run(
         }
         _ => None,
     };
-    let committer = atomic::Committer::spawn(
-        COMMIT_BATCH,
-        COMMIT_WINDOW,
-        catalog.clone(),
-        history.clone(),
-    );
-    let track_deletions = history.is_some() && catalog.is_some();
-    let fetcher = Fetcher::new(
-        client.clone(),
-        &config.bucket,
-        config.concurrency,
-        settings,
-        committer,
-    )
-    .restore_archived(config.restore_archived);
+    let tracks_deletions = config.history_dir.is_some() && catalog.is_some();
+    Ok(Prepared {
+        dest,
+        guard,
+        catalog,
+        history,
+        tracks_deletions,
+    })
+}
+
+/// The state folder holds the catalog: inside `--dest`, an object's key could overwrite it.
+fn check_state_outside(state_dir: &Path, dest: &Path) -> Result<(), RunError> {
+    let resolved = crate::config::resolve_lenient(state_dir)
+        .map_err(|e| RunError::Config(format!("--state-dir {}: {e}", state_dir.display())))?;
+    if resolved.starts_with(dest) {
+        return Err(RunError::Config(format!(
+            "--state-dir {} and --dest {}: the state folder must not be inside the destination (an object's key could overwrite the catalog)",
+            state_dir.display(),
+            dest.display()
+        )));
+    }
+    Ok(())
+}
+
+/// What the listing step learnt.
+#[derive(Clone, Copy)]
+struct Listing {
+    /// Every page arrived and every listed key was noted: the catalog's unseen rows are gone.
+    complete: bool,
+}
+
+/// Step 2: stream the listing through the planner, a page at a time, and start a download for every
+/// object that changed.
+async fn list_and_fetch(
+    config: &Config,
+    client: aws_sdk_s3::Client,
+    prep: &Prepared,
+    pass: &mut Pass,
+    stop: &Stop,
+    pb: &ProgressBar,
+) -> Result<Listing, RunError> {
     let mut pages = listing::spawn(
         client,
         config.bucket.clone(),
         config.prefix.clone(),
         LISTING_DEPTH,
     );
-    // Objects in flight (a few more than requests, so the next GET is ready while others fsync).
-    let slots = Arc::new(Semaphore::new(config.concurrency * 2));
-    let dest_arc: Arc<Path> = dest.as_path().into();
-    let mut tasks: JoinSet<(String, Result<Fetched, Unfetched>)> = JoinSet::new();
-    let mut planner = Some(Planner::new(!config.dry_run, catalog.clone()));
+    let mut planner = Some(Planner::new(!config.dry_run, prep.catalog.clone()));
     let mut first_page = true;
-
-    while let Some(page) = pages.recv().await {
+    let mut seen_ok = true;
+    let mut complete = true;
+    loop {
+        let page = tokio::select! {
+            biased;
+            () = stop.wait() => break,
+            page = pages.recv() => page,
+        };
+        let Some(page) = page else { break };
         let objects = match page {
             Ok(objects) => objects,
             Err(e) if first_page => return Err(listing_error(e)),
             Err(e) => {
                 tracing::error!("{e}");
-                report.error = Some(format!(
+                pass.report.error = Some(format!(
                     "{e}; objects after the last listed key were not seen"
                 ));
+                complete = false;
                 break;
             }
         };
         first_page = false;
-        let (p, planned) = {
-            let mut p = planner.take().expect("returned below");
-            let d = dest.clone();
-            tokio::task::spawn_blocking(move || {
-                let planned: Vec<(ObjectInfo, Plan)> = objects
-                    .into_iter()
-                    .map(|o| {
-                        let plan = p.plan(&d, &o);
-                        (o, plan)
-                    })
-                    .collect();
-                if track_deletions
-                    && let Err(e) = p.mark_seen(planned.iter().map(|(o, _)| o.key.as_str()))
-                {
-                    tracing::warn!("{e}: deletions will not be moved to history this run");
-                }
-                match p.record_adopted() {
-                    Ok(0) => {}
-                    Ok(n) => tracing::debug!("catalog: adopted {n} files already in place"),
-                    Err(e) => tracing::warn!("{e}: adopted files not recorded"),
-                }
-                (p, planned)
-            })
-            .await
-            .expect("planning does not panic")
-        };
+        let mut p = planner.take().expect("returned below");
+        let d = prep.dest.clone();
+        let track = prep.tracks_deletions && seen_ok;
+        let (p, planned, seen) = tokio::task::spawn_blocking(move || {
+            let planned: Vec<(ObjectInfo, Plan)> = objects
+                .into_iter()
+                .map(|o| {
+                    let plan = p.plan(&d, &o);
+                    (o, plan)
+                })
+                .collect();
+            let seen = if track {
+                p.mark_seen(planned.iter().map(|(o, _)| o.key.as_str()))
+                    .map_err(|e| e.to_string())
+            } else {
+                Ok(())
+            };
+            match p.record_adopted() {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!("catalog: adopted {n} files already in place"),
+                Err(e) => tracing::warn!("{e}: adopted files not recorded"),
+            }
+            (p, planned, seen)
+        })
+        .await
+        .expect("planning does not panic");
         planner = Some(p);
-
+        if let Err(e) = seen {
+            // Without the full set of listed keys, every unnoted one would look deleted.
+            tracing::warn!("{e}: deletions will not be moved to history this run");
+            seen_ok = false;
+        }
         for (obj, plan) in planned {
-            report.listed += 1;
-            match plan {
-                Plan::Unchanged => report.unchanged += 1,
-                Plan::Folder => report.folders += 1,
-                Plan::Refused(reason) => {
-                    tracing::warn!(key = ?obj.key, "refused: {reason}");
-                    report.refused.push(Refused {
-                        key: obj.key,
-                        reason: reason.to_string(),
-                    });
-                }
-                Plan::Error(error) => {
-                    tracing::warn!(key = ?obj.key, "failed: {error}");
-                    report.failed.push(Failed {
-                        key: obj.key,
-                        error,
-                    });
-                }
-                Plan::Fetch(rel) if config.dry_run => {
-                    tracing::info!(key = ?obj.key, size = obj.size, "would download");
-                    *report.would_download.get_or_insert(0) += 1;
-                    let _ = rel;
-                }
-                Plan::Fetch(rel) => {
-                    let permit = slots.clone().acquire_owned().await.expect("never closed");
-                    let fetcher = fetcher.clone();
-                    let target = Target::new(&dest_arc, &rel);
-                    tasks.spawn(async move {
-                        let result = fetcher.fetch(&obj, &target).await;
-                        drop(permit);
-                        (obj.key, result)
-                    });
-                }
+            pass.report.listed += 1;
+            if !pass.dispatch(obj, plan, stop).await {
+                break;
             }
-            while let Some(done) = tasks.try_join_next() {
-                record(&mut report, done);
-            }
-            show(pb, &report);
+            show(pb, &pass.report);
         }
     }
-    while let Some(done) = tasks.join_next().await {
-        record(&mut report, done);
-        show(pb, &report);
-    }
-    if let (Some(h), Some(c)) = (&history, &catalog) {
-        // Only a complete listing says what is gone; a broken one says nothing of the keys after it.
-        if report.error.is_none() {
-            let (h, c, d, prefix) = (h.clone(), c.clone(), dest.clone(), config.prefix.clone());
-            let max = config.max_delete_percent;
-            let outcome = tokio::task::spawn_blocking(move || {
-                move_deleted(&h, &c, &d, prefix.as_deref().unwrap_or(""), max)
-            })
-            .await
-            .expect("moving deletions does not panic");
-            match outcome {
-                Ok(Deletions::Moved(n)) => report.deleted_to_history = n,
-                Ok(Deletions::Blocked(n)) => report.max_delete_blocked = Some(n),
-                Err(e) => report.failed.push(Failed {
-                    key: String::new(),
-                    error: format!("moving deleted objects' files to history: {e}"),
-                }),
+    Ok(Listing {
+        complete: complete && seen_ok && stop.caught().is_none(),
+    })
+}
+
+/// The downloads of a run in flight and the accounting of every planned object.
+struct Pass {
+    dest: Arc<Path>,
+    fetcher: Fetcher,
+    slots: Arc<Semaphore>,
+    tasks: JoinSet<(String, Result<Fetched, Unfetched>)>,
+    dry_run: bool,
+    /// Refusals that this run's deletions may lift (see `DEFERRED_MAX`).
+    defer_dir_conflicts: bool,
+    deferred: Vec<ObjectInfo>,
+    report: Report,
+}
+
+impl Pass {
+    /// Account for one planned object, starting its download when it changed. False when a stop came
+    /// while waiting for a download slot.
+    async fn dispatch(&mut self, obj: ObjectInfo, plan: Plan, stop: &Stop) -> bool {
+        let report = &mut self.report;
+        match plan {
+            Plan::Unchanged => report.unchanged += 1,
+            Plan::Folder => report.folders += 1,
+            Plan::Refused(
+                RefuseReason::IsDirOnDisk | RefuseReason::ParentNotDirOnDisk(_),
+            ) if self.defer_dir_conflicts && self.deferred.len() < DEFERRED_MAX => {
+                self.deferred.push(obj);
+            }
+            Plan::Refused(reason) => {
+                tracing::warn!(key = ?obj.key, "refused: {reason}");
+                report.refused.push(Refused {
+                    key: obj.key,
+                    reason: reason.to_string(),
+                });
+            }
+            Plan::Error(error) => {
+                tracing::warn!(key = ?obj.key, "failed: {error}");
+                report.failed.push(Failed {
+                    key: obj.key,
+                    error,
+                });
+            }
+            Plan::Fetch(_) if self.dry_run => {
+                tracing::info!(key = ?obj.key, size = obj.size, "would download");
+                *report.would_download.get_or_insert(0) += 1;
+            }
+            Plan::Fetch(rel) => {
+                let permit = tokio::select! {
+                    biased;
+                    () = stop.wait() => return false,
+                    p = self.slots.clone().acquire_owned() => p.expect("never closed"),
+                };
+                let fetcher = self.fetcher.clone();
+                let target = Target::new(&self.dest, &rel);
+                self.tasks.spawn(async move {
+                    let result = fetcher.fetch(&obj, &target).await;
+                    drop(permit);
+                    (obj.key, result)
+                });
             }
         }
+        while let Some(done) = self.tasks.try_join_next() {
+            record(&mut self.report, done);
+        }
+        true
+    }
+
+    /// Wait for every download; on a stop, abandon those still in flight (their temp files go with
+    /// them) and keep what they committed.
+    async fn drain(&mut self, stop: &Stop, pb: &ProgressBar) {
+        loop {
+            let done = tokio::select! {
+                biased;
+                () = stop.wait(), if !self.tasks.is_empty() => {
+                    self.tasks.abort_all();
+                    while let Some(done) = self.tasks.join_next().await {
+                        if !matches!(&done, Err(e) if e.is_cancelled()) {
+                            record(&mut self.report, done);
+                        }
+                    }
+                    return;
+                }
+                done = self.tasks.join_next() => done,
+            };
+            let Some(done) = done else { return };
+            record(&mut self.report, done);
+            show(pb, &self.report);
+        }
+    }
+}
+
+/// Step 3, after a listing that was not stopped: move what left the bucket to history (or, in a dry
+/// run, count it against the limits), retry the objects that a deleted folder was in the way of, and
+/// prune old run folders.
+async fn reconcile(
+    config: &Config,
+    prep: &Prepared,
+    pass: &mut Pass,
+    listing: Listing,
+    stop: &Stop,
+    pb: &ProgressBar,
+) {
+    let Some(catalog) = prep.catalog.clone().filter(|_| prep.tracks_deletions) else {
+        return;
+    };
+    // Only a complete listing says what is gone; a broken one says nothing of the keys after it.
+    if listing.complete {
+        let (h, d) = (prep.history.clone(), prep.dest.clone());
+        let prefix = config.prefix.clone().unwrap_or_default();
+        let limits = DeleteLimits {
+            percent: config.max_delete_percent,
+            bytes: config.max_delete_bytes,
+        };
+        let outcome = tokio::task::spawn_blocking(move || {
+            move_deleted(h.as_deref(), &catalog, &d, &prefix, limits)
+        })
+        .await
+        .expect("moving deletions does not panic");
+        let report = &mut pass.report;
+        match outcome {
+            Ok(del) => {
+                if config.dry_run {
+                    report.would_delete_to_history = Some(del.moved);
+                } else {
+                    report.deleted_to_history = del.moved;
+                }
+                report.damaged_removed = del.damaged_removed;
+                report.max_delete_blocked = del.blocked;
+                report.failed.extend(del.failed);
+            }
+            Err(e) => report.failed.push(Failed {
+                key: String::new(),
+                error: format!("moving deleted objects' files to history: {e}"),
+            }),
+        }
+    }
+    retry_deferred(prep, pass, stop, pb).await;
+    if let Some(h) = &prep.history {
         match h.prune(std::time::SystemTime::now(), config.keep_days) {
-            Ok(n) => report.history_pruned_runs = n as u64,
+            Ok(p) => {
+                pass.report.history_pruned_runs = p.removed as u64;
+                for f in p.failed {
+                    tracing::warn!("pruning history: {f}");
+                }
+            }
             Err(e) => tracing::warn!("pruning {}: {e}", h.root().display()),
         }
     }
-    report.elapsed_seconds = started.elapsed().as_secs_f64();
-    // Downloads end in any order; the report names archived keys in listing (byte) order.
-    report.archived.sort_unstable();
+}
 
-    if let Some(g) = guard {
-        // Every task has ended, so every temp file is committed or removed.
-        if let Err(e) = g.finish() {
-            tracing::warn!("could not clear the in-progress marker: {e}");
+/// Plan again the objects a folder was in the way of: the deletions may have removed it. Whatever is
+/// still in the way now is refused as before.
+async fn retry_deferred(prep: &Prepared, pass: &mut Pass, stop: &Stop, pb: &ProgressBar) {
+    let deferred = std::mem::take(&mut pass.deferred);
+    if deferred.is_empty() {
+        return;
+    }
+    pass.defer_dir_conflicts = false;
+    let (d, catalog) = (prep.dest.clone(), prep.catalog.clone());
+    let planned = tokio::task::spawn_blocking(move || {
+        let mut p = Planner::new(true, catalog);
+        let planned: Vec<(ObjectInfo, Plan)> = deferred
+            .into_iter()
+            .map(|o| {
+                let plan = p.plan(&d, &o);
+                (o, plan)
+            })
+            .collect();
+        if let Err(e) = p.record_adopted() {
+            tracing::warn!("{e}: adopted files not recorded");
+        }
+        planned
+    })
+    .await
+    .expect("planning does not panic");
+    for (obj, plan) in planned {
+        if !pass.dispatch(obj, plan, stop).await {
+            break;
         }
     }
-    Ok(report)
+    pass.drain(stop, pb).await;
 }
 
 fn record(
@@ -267,7 +486,11 @@ fn record(
         Ok((key, Ok(f))) => {
             tracing::debug!(key = ?key, bytes = f.bytes, verified = f.verified_with, "downloaded");
             report.downloaded += 1;
-            report.replaced_to_history += u64::from(f.replaced_to_history);
+            match f.aside {
+                Aside::Kept(_) => report.replaced_to_history += 1,
+                Aside::NotAVersion => report.repaired += 1,
+                Aside::Nothing | Aside::Same => {}
+            }
             report.bytes_downloaded += f.bytes;
             if f.verified_with == "none" {
                 report.unverified += 1;
@@ -310,59 +533,123 @@ fn show(pb: &ProgressBar, r: &Report) {
 /// The file in the per-destination state folder that names the history folder of its backups.
 pub const HISTORY_DIR_FILE: &str = "history-dir";
 
-enum Deletions {
-    Moved(u64),
-    Blocked(u64),
+/// `--max-delete` and `--max-delete-bytes`.
+#[derive(Clone, Copy)]
+struct DeleteLimits {
+    percent: u8,
+    bytes: Option<u64>,
 }
 
-/// Move the files whose objects the complete listing no longer has to history, unless that is more than
-/// `max_percent` of the backed-up files (under `prefix`): then none.
+fn delete_limit_text(config: &Config) -> String {
+    let mut s = format!("--max-delete {}%", config.max_delete_percent);
+    if let Some(b) = config.max_delete_bytes {
+        s.push_str(&format!(" or --max-delete-bytes {}", human_bytes(b)));
+    }
+    s
+}
+
+/// What `move_deleted` did (or, without a history, would do).
+#[derive(Default)]
+struct Deletions {
+    moved: u64,
+    damaged_removed: u64,
+    blocked: Option<u64>,
+    failed: Vec<Failed>,
+}
+
+/// Move the files whose objects the complete listing no longer has to history, unless they are more
+/// than `limits` allow (a share of the backed-up files under `prefix`, their bytes): then none. Folder
+/// markers count for neither: a marker's row goes, and its folder with it when empty. A file that is no
+/// version the bucket held (damaged) is removed, not kept. Without a history (a dry run), only counts.
 fn move_deleted(
-    history: &History,
+    history: Option<&History>,
     catalog: &Catalog,
     dest: &Path,
     prefix: &str,
-    max_percent: u8,
+    limits: DeleteLimits,
 ) -> Result<Deletions, String> {
-    let (gone, total) = catalog.unseen(prefix).map_err(|e| e.to_string())?;
-    if gone.is_empty() {
-        return Ok(Deletions::Moved(0));
-    }
-    if gone.len() as u64 * 100 > u64::from(max_percent) * total {
+    let (gone, totals) = catalog.unseen(prefix).map_err(|e| e.to_string())?;
+    let (markers, files): (Vec<_>, Vec<_>) = gone.iter().partition(|e| e.key.ends_with('/'));
+    let gone_bytes: u64 = files.iter().map(|e| e.size).sum();
+    let too_many = files.len() as u64 * 100 > u64::from(limits.percent) * totals.files;
+    let too_big = limits.bytes.is_some_and(|max| gone_bytes > max);
+    let mut out = Deletions::default();
+    if !files.is_empty() && (too_many || too_big) {
         tracing::warn!(
-            "{} of {total} backed-up files are gone from the bucket: more than --max-delete {max_percent}%, none moved",
-            gone.len()
+            "{} of {} backed-up files ({} of {}) are gone from the bucket: more than the limit, none moved",
+            files.len(),
+            totals.files,
+            human_bytes(gone_bytes),
+            human_bytes(totals.bytes)
         );
-        return Ok(Deletions::Blocked(gone.len() as u64));
+        out.blocked = Some(files.len() as u64);
+        return Ok(out);
     }
+    let Some(history) = history else {
+        out.moved = files.len() as u64;
+        return Ok(out);
+    };
     let mut dirs = Vec::new();
-    let mut moved = Vec::new();
-    for e in &gone {
-        if e.key.ends_with('/') {
-            // A folder marker: its directory may hold other files, so it stays; only the row goes.
-            moved.push(e.key.as_str());
-            continue;
-        }
+    let mut emptied = Vec::new();
+    let mut forget = Vec::new();
+    for e in files {
         let path = dest.join(&e.key);
-        match history.move_aside(&path) {
-            Ok(aside) => {
+        match history.keep_old(&path, Some(e), None) {
+            Ok(Aside::Kept(dir)) => {
                 tracing::debug!(key = ?e.key, "gone from the bucket: moved to history");
-                dirs.extend(aside);
-                dirs.extend(path.parent().map(Path::to_path_buf));
-                moved.push(e.key.as_str());
+                dirs.push(dir);
+                out.moved += 1;
             }
-            Err(err) => tracing::warn!(key = ?e.key, "could not move to history: {err}"),
+            Ok(Aside::NotAVersion) => match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::warn!(key = ?e.key, "gone from the bucket, and its file was damaged: removed, not kept");
+                    out.damaged_removed += 1;
+                }
+                Err(err) => {
+                    out.failed.push(Failed {
+                        key: e.key.clone(),
+                        error: format!("removing the damaged file {}: {err}", path.display()),
+                    });
+                    continue;
+                }
+            },
+            Ok(Aside::Nothing | Aside::Same) => {}
+            Err(err) => {
+                out.failed.push(Failed {
+                    key: e.key.clone(),
+                    error: err.to_string(),
+                });
+                continue;
+            }
         }
+        emptied.extend(path.parent().map(Path::to_path_buf));
+        forget.push(e.key.as_str());
+    }
+    for m in markers {
+        emptied.push(dest.join(m.key.trim_end_matches('/')));
+        forget.push(m.key.as_str());
+    }
+    catalog.remove(forget).map_err(|e| e.to_string())?;
+    // Deepest first, so that a folder emptied by its children's removal goes too; a folder whose marker
+    // the bucket still holds stays.
+    emptied.sort_by(|a, b| b.cmp(a));
+    emptied.dedup();
+    let marked = |d: &Path| {
+        d.strip_prefix(dest)
+            .ok()
+            .and_then(Path::to_str)
+            .is_some_and(|rel| catalog.get(&format!("{rel}/")).is_ok_and(|r| r.is_some()))
+    };
+    for d in &emptied {
+        dirs.extend(crate::history::remove_empty_dirs(dest, d, &marked));
+        dirs.push(d.clone());
     }
     dirs.sort();
     dirs.dedup();
-    for d in &dirs {
+    for d in dirs.iter().filter(|d| d.exists()) {
         atomic::sync_dir(d).map_err(|e| format!("{}: {e}", d.display()))?;
     }
-    catalog
-        .remove(moved.iter().copied())
-        .map_err(|e| e.to_string())?;
-    Ok(Deletions::Moved(moved.len() as u64))
+    Ok(out)
 }
 
 /// Open the destination's catalog. One that SQLite cannot read is set aside (kept for inspection) and

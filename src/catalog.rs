@@ -20,17 +20,34 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 pub const FILE_NAME: &str = "catalog.sqlite";
 
 /// Bumped when the schema changes; an older file is migrated by `open`.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
-/// The ETag of a row that `verify` found damaged: no listing has it, so the next backup fetches the file.
-pub const DAMAGED: &str = "s3backup:damaged";
+/// The columns of an `Entry`, in `entry_from_row`'s order, as each schema version can give them: a
+/// catalog opened read-only is not migrated.
+/// (Schema 2 marked a damaged row by writing `s3backup:damaged` over its ETag; 3 keeps the ETag.)
+fn columns(version: i64) -> &'static str {
+    match version {
+        ..=1 => "key, size, last_modified_ns, etag, NULL, 0",
+        2 => "key, size, last_modified_ns, etag, crc64nvme, etag = 's3backup:damaged'",
+        _ => "key, size, last_modified_ns, etag, crc64nvme, damaged",
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
-#[error("catalog {path}: {source}")]
+#[error("catalog {path}: {}", detail.as_deref().map_or_else(|| source.to_string(), str::to_owned))]
 pub struct CatalogError {
     path: PathBuf,
     #[source]
     source: rusqlite::Error,
+    /// Said instead of SQLite's own message, when ours says more.
+    detail: Option<&'static str>,
+}
+
+impl CatalogError {
+    fn with_detail(mut self, detail: &'static str) -> CatalogError {
+        self.detail = Some(detail);
+        self
+    }
 }
 
 /// One backed-up file as the backup wrote it.
@@ -44,6 +61,16 @@ pub struct Entry {
     /// CRC64NVME of the bytes as they were written; none for a file adopted from before the catalog
     /// (until `verify` records it). A folder marker's row (key ending in `/`) has size 0 and none.
     pub crc64nvme: Option<u64>,
+    /// `verify` found the file missing, modified or corrupt: the next backup fetches it, and the file
+    /// is no version of the object (history does not keep it). Cleared when a verify finds it intact.
+    pub damaged: bool,
+}
+
+/// The backed-up files (folder markers not counted) under a prefix.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    pub files: u64,
+    pub bytes: u64,
 }
 
 /// A shared handle: the planner reads (and adopts), the committer writes. SQLite serialises writers
@@ -52,6 +79,8 @@ pub struct Entry {
 pub struct Catalog {
     conn: Arc<Mutex<Connection>>,
     path: Arc<Path>,
+    /// `columns()` for this file's schema.
+    cols: &'static str,
 }
 
 impl Catalog {
@@ -61,6 +90,7 @@ impl Catalog {
         let err = |source| CatalogError {
             path: path.clone(),
             source,
+            detail: None,
         };
         let conn = Connection::open_with_flags(
             &path,
@@ -79,52 +109,76 @@ impl Catalog {
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(err)?;
-        if version < 1 {
-            conn.execute_batch(
-                "BEGIN;
-                 CREATE TABLE IF NOT EXISTS files (
+        let migration = match version {
+            ..=0 => {
+                "CREATE TABLE IF NOT EXISTS files (
                      key TEXT PRIMARY KEY NOT NULL,
                      size INTEGER NOT NULL,
                      last_modified_ns INTEGER,
                      etag TEXT,
-                     crc64nvme INTEGER
-                 ) WITHOUT ROWID;
-                 PRAGMA user_version = 2;
-                 COMMIT;",
-            )
-            .map_err(err)?;
-        } else if version < SCHEMA_VERSION {
-            conn.execute_batch(
-                "BEGIN;
-                 ALTER TABLE files ADD COLUMN crc64nvme INTEGER;
-                 PRAGMA user_version = 2;
-                 COMMIT;",
-            )
+                     crc64nvme INTEGER,
+                     damaged INTEGER NOT NULL DEFAULT 0
+                 ) WITHOUT ROWID;"
+            }
+            1 => {
+                "ALTER TABLE files ADD COLUMN crc64nvme INTEGER;
+                 ALTER TABLE files ADD COLUMN damaged INTEGER NOT NULL DEFAULT 0;"
+            }
+            2 => {
+                "ALTER TABLE files ADD COLUMN damaged INTEGER NOT NULL DEFAULT 0;
+                 UPDATE files SET damaged = 1 WHERE etag = 's3backup:damaged';"
+            }
+            _ => "",
+        };
+        if !migration.is_empty() {
+            conn.execute_batch(&format!(
+                "BEGIN; {migration} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            ))
             .map_err(err)?;
         }
         Ok(Catalog {
             conn: Arc::new(Mutex::new(conn)),
             path: path.into(),
+            cols: columns(SCHEMA_VERSION),
         })
     }
 
-    /// Open an existing catalog read-only (a dry run); `None` when there is none.
+    /// Open an existing catalog read-only (a dry run, `restore`); `None` when there is none. A file that
+    /// holds no catalog (truncated to 0 bytes, another database) is an error, not an empty backup.
     pub fn open_read_only(state_dir: &Path) -> Result<Option<Catalog>, CatalogError> {
         let path = state_dir.join(FILE_NAME);
         if !path.exists() {
             return Ok(None);
         }
+        let err = |source| CatalogError {
+            path: path.clone(),
+            source,
+            detail: None,
+        };
         let conn = Connection::open_with_flags(
             &path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
-        .map_err(|source| CatalogError {
-            path: path.clone(),
-            source,
-        })?;
+        .map_err(err)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(err)?;
+        let has_files: bool = conn
+            .query_row(
+                "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'files'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(err)?;
+        if !has_files {
+            return Err(err(rusqlite::Error::InvalidQuery).with_detail(
+                "holds no s3backup catalog (empty, truncated or another database)",
+            ));
+        }
         Ok(Some(Catalog {
             conn: Arc::new(Mutex::new(conn)),
             path: path.into(),
+            cols: columns(version),
         }))
     }
 
@@ -141,6 +195,7 @@ impl Catalog {
         CatalogError {
             path: self.path.to_path_buf(),
             source,
+            detail: None,
         }
     }
 
@@ -148,9 +203,7 @@ impl Catalog {
     pub fn get(&self, key: &str) -> Result<Option<Entry>, CatalogError> {
         let conn = self.lock();
         let mut stmt = conn
-            .prepare_cached(
-                "SELECT key, size, last_modified_ns, etag, crc64nvme FROM files WHERE key = ?1",
-            )
+            .prepare_cached(&format!("SELECT {} FROM files WHERE key = ?1", self.cols))
             .map_err(|e| self.err(e))?;
         stmt.query_row([key], entry_from_row)
             .optional()
@@ -167,8 +220,9 @@ impl Catalog {
         {
             let mut stmt = tx
                 .prepare_cached(
-                    "INSERT OR REPLACE INTO files (key, size, last_modified_ns, etag, crc64nvme)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT OR REPLACE INTO files
+                     (key, size, last_modified_ns, etag, crc64nvme, damaged)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )
                 .map_err(|e| self.err(e))?;
             for e in entries {
@@ -177,7 +231,8 @@ impl Catalog {
                     e.size as i64,
                     e.last_modified.and_then(unix_nanos),
                     e.etag,
-                    e.crc64nvme.map(|c| c as i64)
+                    e.crc64nvme.map(|c| c as i64),
+                    e.damaged
                 ])
                 .map_err(|e| self.err(e))?;
             }
@@ -207,34 +262,40 @@ impl Catalog {
         tx.commit().map_err(|e| self.err(e))
     }
 
-    /// Rows under `prefix` that the listing did not return (`mark_seen`), and how many rows are under
-    /// `prefix` in all.
-    pub fn unseen(&self, prefix: &str) -> Result<(Vec<Entry>, u64), CatalogError> {
+    /// Rows under `prefix` that the listing did not return (`mark_seen`), in key order, and the files
+    /// (not folder markers) under `prefix` in all.
+    pub fn unseen(&self, prefix: &str) -> Result<(Vec<Entry>, Totals), CatalogError> {
         let conn = self.lock();
         conn.execute_batch(
             "CREATE TEMP TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY) WITHOUT ROWID",
         )
         .map_err(|e| self.err(e))?;
         // substr() rather than LIKE: keys may hold '%' and '_'.
-        let total: i64 = conn
+        let (files, bytes): (i64, i64) = conn
             .query_row(
-                "SELECT count(*) FROM files WHERE substr(key, 1, length(?1)) = ?1",
+                "SELECT count(*), coalesce(sum(size), 0) FROM files
+                 WHERE substr(key, 1, length(?1)) = ?1 AND substr(key, -1) <> '/'",
                 [prefix],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .map_err(|e| self.err(e))?;
         let mut stmt = conn
-            .prepare(
-                "SELECT key, size, last_modified_ns, etag, crc64nvme FROM files
+            .prepare(&format!(
+                "SELECT {} FROM files
                  WHERE substr(key, 1, length(?1)) = ?1
                    AND key NOT IN (SELECT key FROM temp.seen) ORDER BY key",
-            )
+                self.cols
+            ))
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([prefix], entry_from_row)
             .map_err(|e| self.err(e))?;
         let gone = rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?;
-        Ok((gone, total as u64))
+        let totals = Totals {
+            files: files as u64,
+            bytes: bytes as u64,
+        };
+        Ok((gone, totals))
     }
 
     /// Forget `keys` (their files left the destination).
@@ -257,10 +318,11 @@ impl Catalog {
     pub fn page(&self, prefix: &str, after: &str, limit: u32) -> Result<Vec<Entry>, CatalogError> {
         let conn = self.lock();
         let mut stmt = conn
-            .prepare_cached(
-                "SELECT key, size, last_modified_ns, etag, crc64nvme FROM files
+            .prepare_cached(&format!(
+                "SELECT {} FROM files
                  WHERE key > ?2 AND substr(key, 1, length(?1)) = ?1 ORDER BY key LIMIT ?3",
-            )
+                self.cols
+            ))
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map(params![prefix, after, limit], entry_from_row)
@@ -284,12 +346,13 @@ impl Catalog {
             .map_err(|e| self.err(e))
     }
 
-    /// Mark `key` damaged: its ETag no longer matches any listing, so the next backup fetches it.
-    pub fn mark_damaged(&self, key: &str) -> Result<(), CatalogError> {
+    /// Mark `key` damaged (or, with `false`, intact again): a damaged row makes the next backup fetch
+    /// the file, and its file is no version of the object.
+    pub fn set_damaged(&self, key: &str, damaged: bool) -> Result<(), CatalogError> {
         self.lock()
             .execute(
-                "UPDATE files SET etag = ?2 WHERE key = ?1",
-                params![key, DAMAGED],
+                "UPDATE files SET damaged = ?2 WHERE key = ?1 AND damaged <> ?2",
+                params![key, damaged],
             )
             .map(|_| ())
             .map_err(|e| self.err(e))
@@ -303,6 +366,7 @@ fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
         last_modified: r.get::<_, Option<i64>>(2)?.map(from_unix_nanos),
         etag: r.get(3)?,
         crc64nvme: r.get::<_, Option<i64>>(4)?.map(|c| c as u64),
+        damaged: r.get(5)?,
     })
 }
 
@@ -326,6 +390,7 @@ mod tests {
             last_modified: Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
             etag: Some(etag.into()),
             crc64nvme: Some(7),
+            damaged: false,
         }
     }
 
@@ -349,9 +414,9 @@ mod tests {
         assert_eq!(all[0], entry("a", "\"3\""));
         c.mark_seen(["a"]).unwrap();
         let (gone, total) = c.unseen("").unwrap();
-        assert_eq!((gone.len(), total), (1, 2));
+        assert_eq!((gone.len(), total.files, total.bytes), (1, 2, 6));
         assert_eq!(gone[0].key, "b\u{1} c/ü");
-        assert_eq!(c.unseen("a").unwrap(), (vec![], 1));
+        assert_eq!(c.unseen("a").unwrap().1.files, 1);
         c.remove(["b\u{1} c/ü"]).unwrap();
         assert_eq!(c.entries().unwrap().len(), 1);
         c.record(&[entry("b\u{1} c/ü", "\"2\"")]).unwrap();
@@ -362,6 +427,52 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn damage_marks_come_and_go_and_markers_are_no_files() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Catalog::open(d.path()).unwrap();
+        let mut marker = entry("dir/", "\"m\"");
+        marker.size = 0;
+        c.record(&[entry("dir/a", "\"1\""), marker]).unwrap();
+        let (_, totals) = c.unseen("").unwrap();
+        assert_eq!(totals, Totals { files: 1, bytes: 3 });
+        c.set_damaged("dir/a", true).unwrap();
+        let row = c.get("dir/a").unwrap().unwrap();
+        assert!(row.damaged);
+        assert_eq!(row.etag.as_deref(), Some("\"1\""), "the ETag is kept");
+        c.set_damaged("dir/a", false).unwrap();
+        assert!(!c.get("dir/a").unwrap().unwrap().damaged);
+    }
+
+    #[test]
+    fn a_schema_2_catalog_is_read_as_it_is_and_migrated_on_open() {
+        let d = tempfile::tempdir().unwrap();
+        let conn = Connection::open(d.path().join(FILE_NAME)).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE files (key TEXT PRIMARY KEY NOT NULL, size INTEGER NOT NULL,
+               last_modified_ns INTEGER, etag TEXT, crc64nvme INTEGER) WITHOUT ROWID;
+             INSERT INTO files VALUES ('ok', 1, NULL, '\"e\"', 5), ('bad', 1, NULL, 's3backup:damaged', 6);
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+        drop(conn);
+        let ro = Catalog::open_read_only(d.path()).unwrap().unwrap();
+        assert!(ro.get("bad").unwrap().unwrap().damaged);
+        assert!(!ro.get("ok").unwrap().unwrap().damaged);
+        drop(ro);
+        let c = Catalog::open(d.path()).unwrap();
+        assert!(c.get("bad").unwrap().unwrap().damaged);
+        assert_eq!(c.get("ok").unwrap().unwrap().crc64nvme, Some(5));
+    }
+
+    #[test]
+    fn an_empty_file_is_no_catalog() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join(FILE_NAME), b"").unwrap();
+        let e = Catalog::open_read_only(d.path()).err().expect("no catalog");
+        assert!(e.to_string().contains("holds no s3backup catalog"), "{e}");
     }
 
     #[test]

@@ -198,6 +198,10 @@ pub struct BackupArgs {
     #[arg(long, value_name = "PERCENT", default_value_t = config::DEFAULT_MAX_DELETE_PERCENT,
           value_parser = clap::value_parser!(u8).range(0..=100))]
     pub max_delete: u8,
+    /// With --history-dir: the same guard on bytes: if the files a complete listing would move out of
+    /// --dest hold more than SIZE (e.g. 500M, 10G; powers of 1024), move none and exit 1.
+    #[arg(long, value_name = "SIZE")]
+    pub max_delete_bytes: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -291,6 +295,11 @@ impl BackupArgs {
                 .transpose()?,
             keep_days: self.keep_days,
             max_delete_percent: self.max_delete,
+            max_delete_bytes: self
+                .max_delete_bytes
+                .as_deref()
+                .map(config::parse_size)
+                .transpose()?,
         })
     }
 }

@@ -1,6 +1,7 @@
 //! The validated, immutable run configuration. Built from the command line in `cli`; the engine only
 //! ever sees this type.
 
+use std::io;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +29,8 @@ pub struct Config {
     /// `--max-delete PERCENT`: a complete listing that would move more than this share of the
     /// backed-up files out of the destination moves none.
     pub max_delete_percent: u8,
+    /// `--max-delete-bytes SIZE`: the same guard on the bytes those files hold.
+    pub max_delete_bytes: Option<u64>,
 }
 
 pub const DEFAULT_CONCURRENCY: usize = 16;
@@ -59,6 +62,10 @@ pub enum ConfigError {
         "--cloudwatch-namespace {0:?}: 1 to 255 letters, digits or '.-_/#: ', not starting with ':' or 'AWS/'"
     )]
     BadNamespace(String),
+    #[error(
+        "--max-delete-bytes {0:?}: expected a size such as 500M, 10G or 1T (powers of 1024), or bytes"
+    )]
+    BadSize(String),
     #[error("--max-age {0}: must be a positive number of hours")]
     BadMaxAge(String),
     #[error("cannot resolve relative path {0:?}: {1}")]
@@ -107,6 +114,35 @@ pub fn validate_concurrency(n: usize) -> Result<usize, ConfigError> {
     }
 }
 
+/// A size as rclone's `--max-delete-size` takes it: bytes, or a number with K, M, G, T (powers of 1024;
+/// `Ki`, `KiB`, `KB` alike), e.g. `500M`, `1.5G`.
+pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
+    let bad = || ConfigError::BadSize(s.to_owned());
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let shift = match unit.to_ascii_uppercase().trim_end_matches('B').trim_end_matches('I') {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        "P" => 50,
+        _ => return Err(bad()),
+    };
+    if num.is_empty() || unit.eq_ignore_ascii_case("i") {
+        return Err(bad());
+    }
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let bytes = n * (1u64 << shift) as f64;
+    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(bytes as u64)
+}
+
 /// `$XDG_STATE_HOME/s3backup`, else `$HOME/.local/state/s3backup` (XDG base directory spec: relative
 /// values are ignored).
 pub fn default_state_dir(xdg_state_home: Option<&str>, home: Option<&str>) -> Option<PathBuf> {
@@ -125,6 +161,32 @@ pub fn absolute(p: &Path) -> Result<PathBuf, ConfigError> {
     std::path::absolute(p).map_err(|e| ConfigError::Cwd(p.display().to_string(), e.to_string()))
 }
 
+/// `p` made absolute (against the current directory) with every existing ancestor's symlinks resolved (what it will be once created).
+pub fn resolve_lenient(p: &Path) -> io::Result<PathBuf> {
+    let p = std::path::absolute(p)?;
+    let mut existing = p.as_path();
+    let mut rest = Vec::new();
+    loop {
+        match existing.canonicalize() {
+            Ok(c) => {
+                let mut out = c;
+                for comp in rest.iter().rev() {
+                    out.push(comp);
+                }
+                return Ok(out);
+            }
+            Err(_) => {
+                // None for a path ending in `..`: what it would name is unknown until it exists.
+                let name = existing.file_name().ok_or_else(|| {
+                    io::Error::other("cannot be resolved: a '..' below a folder that does not exist")
+                })?;
+                rest.push(name.to_owned());
+                existing = existing.parent().ok_or_else(|| io::Error::other("no parent"))?;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,6 +202,20 @@ mod tests {
             Some(PathBuf::from("/home/u/.local/state/s3backup"))
         );
         assert_eq!(default_state_dir(None, None), None);
+    }
+
+    #[test]
+    fn sizes_parse_like_rclone_and_bad_ones_name_the_flag() {
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("1234"), Ok(1234));
+        assert_eq!(parse_size("500M"), Ok(500 << 20));
+        assert_eq!(parse_size("10GiB"), Ok(10 << 30));
+        assert_eq!(parse_size("1.5k"), Ok(1536));
+        assert_eq!(parse_size("2TB"), Ok(2 << 40));
+        for bad in ["", "M", "-1", "10X", "1e3", "1.2.3G", "10 G B", "99999999999P", "5i"] {
+            let e = parse_size(bad).unwrap_err().to_string();
+            assert!(e.contains("--max-delete-bytes"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -9,10 +9,11 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
-use aws_smithy_types::DateTime;
-use aws_smithy_types::date_time::Format;
+use crate::catalog::Entry;
+use crate::keypath::TEMP_PREFIX;
+use crate::runid;
 
 /// One run's history: where its moves go, created on the first one.
 #[derive(Debug)]
@@ -24,10 +25,37 @@ pub struct History {
     made: Mutex<Vec<PathBuf>>,
 }
 
+/// What became of the file a new version replaces (or whose object is gone).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Aside {
+    /// Nothing was there.
+    Nothing,
+    /// The old version, moved to this run's folder; the folder whose entries changed is to be made
+    /// durable with the batch.
+    Kept(PathBuf),
+    /// Not kept, as it is no version the bucket held: a file `verify` marked damaged, one whose size,
+    /// mtime or bytes differ from what the backup wrote (rot, a hand edit), or no regular file at all.
+    /// It is left to be replaced (or, for a deletion, removed): `repaired`.
+    NotAVersion,
+    /// The same bytes as the new version (a damaged mark that was wrong, a re-fetch of what is there):
+    /// nothing to keep.
+    Same,
+}
+
+/// The outcome of `prune`.
+#[derive(Debug, Default)]
+pub struct Pruned {
+    pub removed: usize,
+    /// One line per run folder that could not be removed (the others still were).
+    pub failed: Vec<String>,
+}
+
 impl History {
-    /// Check `root` against `dest` (both must exist): the same file system, neither inside the other.
-    /// `started` names the run folder; a folder of that name from an earlier run in the same second gets
-    /// a `-2`, `-3`, ... suffix, so no move ever lands on an earlier one.
+    /// Check `root` against `dest` (which must exist): neither inside the other, and files can be
+    /// renamed between them (the same file system and the same mount: a bind mount of the same disk
+    /// has the same device number, yet rename(2) across it fails with EXDEV). Only then is `root`
+    /// created. `started` names the run folder; a folder of that name from an earlier run in the same
+    /// second gets a `-2`, `-3`, ... suffix, so no move ever lands on an earlier one.
     pub fn open(root: &Path, dest: &Path, started: SystemTime) -> Result<History, String> {
         let both = || {
             format!(
@@ -36,19 +64,32 @@ impl History {
                 dest.display()
             )
         };
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(root)
-            .map_err(|e| format!("--history-dir {}: cannot create it: {e}", root.display()))?;
-        let root = root
-            .canonicalize()
+        if let Ok(m) = fs::symlink_metadata(root)
+            && m.file_type().is_symlink()
+            && fs::metadata(root).is_err()
+        {
+            let to = fs::read_link(root).map_or_else(|_| "?".into(), |t| t.display().to_string());
+            return Err(format!(
+                "--history-dir {}: a symlink to {to}, which does not exist",
+                root.display()
+            ));
+        }
+        let resolved = crate::config::resolve_lenient(root)
             .map_err(|e| format!("--history-dir {}: {e}", root.display()))?;
-        if root.starts_with(dest) || dest.starts_with(&root) {
+        if resolved.starts_with(dest) || dest.starts_with(&resolved) {
             return Err(format!(
                 "{}: the history folder must be neither inside the destination nor contain it",
                 both()
             ));
+        }
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&resolved)
+            .map_err(|e| format!("--history-dir {}: cannot create it: {e}", root.display()))?;
+        let root = resolved;
+        if !fs::metadata(&root).is_ok_and(|m| m.is_dir()) {
+            return Err(format!("--history-dir {}: not a directory", root.display()));
         }
         let dev = |p: &Path| fs::metadata(p).map(|m| m.dev());
         if dev(&root).map_err(|e| e.to_string())? != dev(dest).map_err(|e| e.to_string())? {
@@ -57,7 +98,13 @@ impl History {
                 both()
             ));
         }
-        let base = run_id(started);
+        probe_rename(dest, &root).map_err(|e| {
+            format!(
+                "{}: a file cannot be renamed from one to the other ({e}): they must be on the same mount",
+                both()
+            )
+        })?;
+        let base = runid::format(started);
         let mut run_id = base.clone();
         let mut n = 1;
         while root.join(&run_id).exists() {
@@ -91,14 +138,67 @@ impl History {
                     .map_err(|_| io::Error::other("not under the destination"))?;
                 let to = self.root.join(&self.run_id).join(rel);
                 let parent = to.parent().expect("joined onto the run folder");
-                self.make_dirs(parent)?;
-                fs::rename(target, &to)
-                    .map_err(|e| io::Error::new(e.kind(), format!("moving to history: {e}")))?;
+                let named = |e: io::Error| {
+                    io::Error::new(
+                        e.kind(),
+                        format!(
+                            "moving {} to history {}: {e}",
+                            target.display(),
+                            to.display()
+                        ),
+                    )
+                };
+                self.make_dirs(parent).map_err(named)?;
+                fs::rename(target, &to).map_err(named)?;
                 Ok(Some(parent.to_path_buf()))
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Keep the file at `target` as a version, if it is one: what the backup wrote (`row`: size, mtime,
+    /// and its CRC64NVME when recorded, read back now) and not the same bytes as the version that
+    /// replaces it (`new`). A file with no row (written before the catalog) is taken as it is.
+    pub fn keep_old(
+        &self,
+        target: &Path,
+        row: Option<&Entry>,
+        new: Option<&Entry>,
+    ) -> io::Result<Aside> {
+        let meta = match fs::symlink_metadata(target) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Aside::Nothing),
+            Err(e) => return Err(e),
+        };
+        if !meta.is_file() {
+            return Ok(Aside::NotAVersion);
+        }
+        if let Some(row) = row {
+            let as_written = !row.damaged
+                && meta.len() == row.size
+                && (row.last_modified.is_none() || meta.modified().ok() == row.last_modified);
+            if !as_written {
+                return Ok(Aside::NotAVersion);
+            }
+            let same_object = new.is_some_and(|n| n.etag.is_some() && n.etag == row.etag);
+            if let Some(want) = row.crc64nvme {
+                let mut buf = vec![0u8; 1 << 20];
+                let (got, len) = crate::verify::crc64_of_reader(fs::File::open(target)?, &mut buf)?;
+                if got != want || len != row.size {
+                    return Ok(Aside::NotAVersion);
+                }
+                if same_object || new.is_some_and(|n| n.crc64nvme == Some(got)) {
+                    return Ok(Aside::Same);
+                }
+            } else if same_object {
+                return Ok(Aside::Same);
+            }
+        }
+        Ok(match self.move_aside(target)? {
+            Some(dir) => Aside::Kept(dir),
+            None => Aside::Nothing,
+        })
     }
 
     /// Undo `move_aside` for `target` (its replacement could not be installed), best effort: should it
@@ -124,79 +224,93 @@ impl History {
         Ok(())
     }
 
-    /// Remove run folders older than `keep_days` (0: keep all). Returns how many were removed.
-    pub fn prune(&self, now: SystemTime, keep_days: u32) -> io::Result<usize> {
+    /// Remove the run folders (names that are exactly run ids: `runid::parse`) older than `keep_days`
+    /// (0: keep all). Anything else in the history folder is left alone; a folder that cannot be removed
+    /// is named in `failed` and the others are still removed.
+    pub fn prune(&self, now: SystemTime, keep_days: u32) -> io::Result<Pruned> {
+        let mut out = Pruned::default();
         if keep_days == 0 {
-            return Ok(0);
+            return Ok(out);
         }
         let cutoff = now - Duration::from_secs(u64::from(keep_days) * 86_400);
-        let mut removed = 0;
         for entry in fs::read_dir(&self.root)? {
             let entry = entry?;
             let name = entry.file_name();
-            let Some(started) = name.to_str().and_then(parse_run_id) else {
+            let Some(started) = name.to_str().and_then(runid::parse) else {
                 continue; // not ours: left alone
             };
-            if started < cutoff && entry.file_type()?.is_dir() {
-                fs::remove_dir_all(entry.path())?;
-                removed += 1;
+            if started >= cutoff || name.to_str() == Some(self.run_id.as_str()) {
+                continue;
+            }
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            match fs::remove_dir_all(entry.path()) {
+                Ok(()) => out.removed += 1,
+                Err(e) => out
+                    .failed
+                    .push(format!("removing {}: {e}", entry.path().display())),
             }
         }
-        if removed > 0 {
+        if out.removed > 0 {
             crate::atomic::sync_dir(&self.root)?;
         }
-        Ok(removed)
+        Ok(out)
     }
+}
+
+/// Remove the empty directories from `dir` up to (not including) `dest`: the folders a deletion
+/// emptied, so that an object named like one of them can be backed up. Stops at the first that is not
+/// empty, not removable, or to be kept (`keep`: its folder marker is still in the bucket); returns the
+/// parent of the last one removed, whose entries changed.
+pub fn remove_empty_dirs(dest: &Path, dir: &Path, keep: impl Fn(&Path) -> bool) -> Option<PathBuf> {
+    let mut here = dir;
+    let mut changed = None;
+    while here != dest && here.starts_with(dest) {
+        if keep(here) || fs::remove_dir(here).is_err() {
+            break;
+        }
+        let parent = here.parent()?;
+        changed = Some(parent.to_path_buf());
+        here = parent;
+    }
+    changed
+}
+
+/// Create a file in `dest`, rename it into `root` and remove it: proves renames work between them.
+/// A probe left by a kill has our temp prefix in both places (the destination's sweep removes it
+/// there; `open` removes it here).
+fn probe_rename(dest: &Path, root: &Path) -> io::Result<()> {
+    if let Ok(rd) = fs::read_dir(root) {
+        for e in rd.flatten() {
+            if e.file_name().to_str().is_some_and(|n| n.starts_with(TEMP_PREFIX)) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+    let probe = tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .rand_bytes(12)
+        .tempfile_in(dest)?;
+    let to = root.join(probe.path().file_name().expect("a temp file has a name"));
+    fs::rename(probe.path(), &to)?;
+    fs::remove_file(&to)
 }
 
 /// `20261130T031705Z`: the run's UTC start time.
 pub fn run_id(t: SystemTime) -> String {
-    let s = DateTime::from(t)
-        .fmt(Format::DateTime)
-        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into());
-    // 2026-11-30T03:17:05Z (maybe with fractional seconds) -> 20261130T031705Z
-    let s = s.split('.').next().unwrap_or(&s).trim_end_matches('Z');
-    format!("{}Z", s.replace(['-', ':'], ""))
+    runid::format(t)
 }
 
-/// The start time a run folder's name gives (a `-N` suffix allowed), if it is one.
+/// The start time a run folder's name gives, if it is exactly one (see `runid::parse`).
 pub fn parse_run_id(name: &str) -> Option<SystemTime> {
-    let base = name.split('-').next()?;
-    if base.len() != 16 || !base.ends_with('Z') || base.as_bytes()[8] != b'T' {
-        return None;
-    }
-    let b = base.as_bytes();
-    let iso = format!(
-        "{}-{}-{}T{}:{}:{}Z",
-        &base[0..4],
-        &base[4..6],
-        &base[6..8],
-        &base[9..11],
-        &base[11..13],
-        &base[13..15]
-    );
-    if !b[..8].iter().chain(&b[9..15]).all(u8::is_ascii_digit) {
-        return None;
-    }
-    let t = DateTime::from_str(&iso, Format::DateTime).ok()?;
-    SystemTime::try_from(t).ok().filter(|t| *t >= UNIX_EPOCH)
+    runid::parse(name)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn run_ids_round_trip_and_strangers_are_ignored() {
-        let t = UNIX_EPOCH + Duration::from_secs(1_795_000_000);
-        let id = run_id(t);
-        assert_eq!(id.len(), 16, "{id}");
-        assert_eq!(parse_run_id(&id), Some(t));
-        assert_eq!(parse_run_id(&format!("{id}-2")), Some(t));
-        for stranger in ["notes", "2026113xT031705Z", "20261130T031705", ""] {
-            assert_eq!(parse_run_id(stranger), None, "{stranger}");
-        }
-    }
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn moves_keep_the_relative_path_and_prune_keeps_young_runs() {
@@ -215,12 +329,19 @@ mod tests {
         // A second run in the same second gets a folder of its own.
         let h2 = History::open(&d.path().join("hist"), &dest, now).unwrap();
         assert_eq!(h2.run_id, format!("{}-2", run_id(now)));
-        // An old run folder goes, a young one and a stranger stay.
+        // An old run folder goes, a young one and strangers stay (even ones that start like a run id).
         let old = run_id(now - Duration::from_secs(31 * 86_400));
         fs::create_dir_all(d.path().join("hist").join(&old).join("x")).unwrap();
+        fs::create_dir_all(d.path().join("hist").join(format!("{old}-3"))).unwrap();
         fs::create_dir_all(d.path().join("hist/notes")).unwrap();
-        assert_eq!(h.prune(now, 30).unwrap(), 1);
-        assert_eq!(h.prune(now, 0).unwrap(), 0);
+        let mine = d.path().join("hist").join(format!("{old}-before-migration"));
+        fs::create_dir_all(&mine).unwrap();
+        fs::write(mine.join("keep.txt"), b"mine").unwrap();
+        fs::create_dir_all(d.path().join("hist/202é101T000000Z")).unwrap();
+        assert_eq!(h.prune(now, 30).unwrap().removed, 2);
+        assert_eq!(h.prune(now, 0).unwrap().removed, 0);
+        assert!(mine.join("keep.txt").exists());
+        assert!(d.path().join("hist/202é101T000000Z").exists());
         assert!(!d.path().join("hist").join(old).exists());
         assert!(d.path().join("hist").join(run_id(now)).exists());
         assert!(d.path().join("hist/notes").exists());
@@ -237,5 +358,32 @@ mod tests {
         assert!(e.contains("--history-dir") && e.contains("--dest"), "{e}");
         let e = History::open(d.path(), &dest, now).unwrap_err();
         assert!(e.contains("neither inside"), "{e}");
+        assert!(!dest.join("h").exists(), "a refused history folder is not created");
+        // A dangling symlink is named as one.
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(d.path().join("gone"), &link).unwrap();
+        let e = History::open(&link, &dest, now).unwrap_err();
+        assert!(e.contains("does not exist") && e.contains("gone"), "{e}");
+    }
+
+    #[test]
+    fn emptied_folders_go_up_to_the_first_that_is_not_empty() {
+        let d = tempfile::tempdir().unwrap();
+        let dest = d.path();
+        fs::create_dir_all(dest.join("a/b/c")).unwrap();
+        fs::write(dest.join("a/keep"), b"x").unwrap();
+        assert_eq!(
+            remove_empty_dirs(dest, &dest.join("a/b/c"), |_| false),
+            Some(dest.join("a"))
+        );
+        assert!(!dest.join("a/b").exists() && dest.join("a/keep").exists());
+        assert_eq!(remove_empty_dirs(dest, dest, |_| false), None);
+        fs::create_dir_all(dest.join("m/n")).unwrap();
+        let marked = dest.join("m");
+        assert_eq!(
+            remove_empty_dirs(dest, &dest.join("m/n"), |d| d == marked),
+            Some(dest.join("m"))
+        );
+        assert!(dest.join("m").exists(), "a folder with a marker stays");
     }
 }

@@ -20,7 +20,9 @@ pub mod plan;
 pub mod report;
 pub mod restore;
 pub mod s3;
+pub mod runid;
 pub mod scrub;
+pub mod signals;
 pub mod status;
 pub mod verify;
 
@@ -60,20 +62,22 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let started = SystemTime::now();
-    let outcome = runtime.block_on(backup::run(&config, FetchSettings::default(), &pb));
+    let stop = runtime.block_on(async { signals::Stop::listen() })?;
+    let outcome = runtime.block_on(backup::run(&config, FetchSettings::default(), &stop, &pb));
     pb.finish_and_clear();
     let (exit, mut doc, metrics) = match outcome {
         Ok(report) => {
             eprintln!("{}", report.human_summary(20));
             let exit = report.exit();
             let metrics = RunMetrics::of(&report, exit == Exit::Ok);
-            let doc = serde_json::to_value(&report).expect("plain data serialises");
-            (exit, doc, metrics)
+            (exit, report.to_json(), metrics)
         }
         Err(e) => {
-            let exit = match e {
-                RunError::Locked(_) => Exit::Locked,
-                RunError::Config(_) => Exit::Config,
+            let exit = match (&e, stop.caught()) {
+                (RunError::Locked(_), _) => Exit::Locked,
+                (RunError::Config(_), Some(signals::Signal::Int)) => Exit::Interrupted,
+                (RunError::Config(_), Some(signals::Signal::Term)) => Exit::Terminated,
+                (RunError::Config(_), None) => Exit::Config,
             };
             eprintln!("error: {e}");
             let metrics = RunMetrics {
@@ -207,6 +211,9 @@ fn restore_command(args: RestoreArgs) -> ExitCode {
                 ),
                 Err(e) => return fail(json, Exit::Config, &e.to_string()),
             };
+            if let Err(e) = runtime.block_on(restore::probe(&client, &settings.bucket)) {
+                return fail(json, Exit::Config, &e.to_string());
+            }
             let r = runtime.block_on(restore::restore(&client, &source, &settings));
             eprintln!("{}", r.human_summary(20));
             if json {
@@ -291,6 +298,7 @@ fn prepare_restore(
         history_dir: None,
         keep_days: 0,
         max_delete_percent: 0,
+        max_delete_bytes: None,
     };
     let settings = restore::Settings {
         bucket: args.bucket,

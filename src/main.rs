@@ -13,10 +13,21 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() && std::env::args_os().any(|a| a == "--json") => {
+            // The first line, with the indented lines under it that name the flags (clap lists the
+            // missing required ones there), as one line.
             let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid usage");
+            let mut lines = text.lines();
+            let mut message = lines
+                .next()
+                .unwrap_or("invalid usage")
+                .trim_start_matches("error: ")
+                .to_owned();
+            for more in lines.take_while(|l| l.starts_with("  ")) {
+                message.push(' ');
+                message.push_str(more.trim());
+            }
             let _ = e.print();
-            return s3backup::json_error(Exit::Config, first.trim_start_matches("error: "));
+            return s3backup::json_error(Exit::Config, &message);
         }
         Err(e) => e.exit(),
     };

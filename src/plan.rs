@@ -123,7 +123,7 @@ impl Planner {
             return Plan::Unchanged;
         };
         match catalog.get(&obj.key) {
-            Ok(Some(row)) if row.etag == obj.etag => Plan::Unchanged,
+            Ok(Some(row)) if row.etag == obj.etag && !row.damaged => Plan::Unchanged,
             Ok(Some(_)) => Plan::Fetch(rel.to_path_buf()),
             Ok(None) => {
                 self.adopted.push(entry_of(obj, None));
@@ -138,7 +138,7 @@ impl Planner {
         if let Some(c) = &self.catalog
             && !c
                 .get(&obj.key)
-                .is_ok_and(|row| row.is_some_and(|r| r.etag == obj.etag))
+                .is_ok_and(|row| row.is_some_and(|r| r.etag == obj.etag && !r.damaged))
         {
             self.adopted.push(entry_of(obj, None));
         }
@@ -163,6 +163,7 @@ impl Planner {
         let row = match catalog.get(&obj.key) {
             Ok(Some(row))
                 if m.is_file()
+                    && !row.damaged
                     && m.len() == obj.size
                     && row.size == obj.size
                     && row.etag == obj.etag
@@ -225,6 +226,7 @@ fn entry_of(obj: &ObjectInfo, crc64nvme: Option<u64>) -> Entry {
         last_modified: obj.last_modified,
         etag: obj.etag.clone(),
         crc64nvme,
+        damaged: false,
     }
 }
 

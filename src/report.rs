@@ -19,6 +19,10 @@ pub enum Exit {
     Config = 2,
     /// Another run into the same destination holds the lock (EX_TEMPFAIL).
     Locked = 75,
+    /// Stopped by SIGINT (128 + 2): what was committed stays, downloads in flight were abandoned.
+    Interrupted = 130,
+    /// Stopped by SIGTERM (128 + 15), likewise.
+    Terminated = 143,
 }
 
 impl From<Exit> for std::process::ExitCode {
@@ -32,7 +36,8 @@ Exit codes:
   0   every listed object is backed up (archived objects are listed in the report, not failed)
   1   some objects failed or were refused (named in the summary); the rest are backed up
   2   usage or configuration error (bad flag, unwritable destination, missing bucket, access denied)
-  75  another run into the same destination holds the lock";
+  75  another run into the same destination holds the lock
+  130 stopped by SIGINT, 143 by SIGTERM: finished files are kept, the run record says so";
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Refused {
@@ -72,16 +77,27 @@ pub struct Report {
     pub deleted_to_history: u64,
     /// With `--history-dir`: run folders older than `--keep-days` removed.
     pub history_pruned_runs: u64,
+    /// With `--history-dir`: replaced files that were no version of their object (marked damaged by
+    /// `verify`, or not as the backup wrote them: rot, an edit), so not kept in history.
+    pub repaired: u64,
+    /// With `--history-dir`: files of deleted objects that were likewise damaged, removed, not kept.
+    pub damaged_removed: u64,
     /// With `--history-dir`: how many files a complete listing would have moved out of the destination
     /// when that was more than `--max-delete` allows (none was moved); null otherwise.
     pub max_delete_blocked: Option<u64>,
-    /// The `--max-delete` limit, for the summary.
+    /// The `--max-delete` (and `--max-delete-bytes`) limit as the summary names it.
     #[serde(skip)]
-    pub max_delete_percent: u8,
+    pub max_delete_limit: String,
     pub dry_run: bool,
     /// With `--dry-run`: objects that a real run would download.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub would_download: Option<u64>,
+    /// With `--dry-run` and `--history-dir`: files a real run would move to history as deleted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would_delete_to_history: Option<u64>,
+    /// The signal that stopped the run (`SIGINT`, `SIGTERM`): the counts are what it got to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interrupted: Option<crate::signals::Signal>,
     /// Set when the run stopped early (e.g. the listing broke off): not every object was seen.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -89,6 +105,11 @@ pub struct Report {
 
 impl Report {
     pub fn exit(&self) -> Exit {
+        match self.interrupted {
+            Some(crate::signals::Signal::Int) => return Exit::Interrupted,
+            Some(crate::signals::Signal::Term) => return Exit::Terminated,
+            None => {}
+        }
         if self.refused.is_empty()
             && self.failed.is_empty()
             && self.error.is_none()
@@ -98,6 +119,30 @@ impl Report {
         } else {
             Exit::Partial
         }
+    }
+
+    /// The JSON document: in a dry run, the counts of what a real run would do take the place of
+    /// what was done (nothing was).
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut doc = serde_json::to_value(self).expect("plain data serialises");
+        if self.dry_run
+            && let Some(map) = doc.as_object_mut()
+        {
+            for done in [
+                "downloaded",
+                "bytes_downloaded",
+                "replaced_to_history",
+                "deleted_to_history",
+                "history_pruned_runs",
+                "repaired",
+                "damaged_removed",
+                "stale_temp_files_removed",
+                "restore_requested",
+            ] {
+                map.remove(done);
+            }
+        }
+        doc
     }
 
     /// One line, then the refused and failed keys (the first few; all of them are in the JSON report).
@@ -116,7 +161,11 @@ impl Report {
             self.elapsed_seconds
         );
         if let Some(n) = self.would_download {
-            let _ = write!(s, " (dry run: {n} would be downloaded)");
+            let _ = write!(s, " (dry run: {n} would be downloaded");
+            if let Some(d) = self.would_delete_to_history {
+                let _ = write!(s, ", {d} moved to history as deleted");
+            }
+            s.push(')');
         }
         if self.unverified > 0 {
             let _ = write!(s, "; {} had no checksum to verify against", self.unverified);
@@ -138,14 +187,29 @@ impl Report {
                 self.replaced_to_history, self.deleted_to_history
             );
         }
+        if self.repaired + self.damaged_removed > 0 {
+            let _ = write!(
+                s,
+                "; damaged copies not kept as versions: {} repaired, {} of deleted objects removed",
+                self.repaired, self.damaged_removed
+            );
+        }
+        if let Some(sig) = self.interrupted {
+            let _ = write!(
+                s,
+                "\nstopped by {}: the files listed as downloaded are in place; the rest waits for the next run",
+                sig.name()
+            );
+        }
         if let Some(e) = &self.error {
             let _ = write!(s, "\nerror: {e}");
         }
         if let Some(n) = self.max_delete_blocked {
             let _ = write!(
                 s,
-                "\nerror: {n} files are gone from the bucket, more than --max-delete {}% of the backup: none was moved to history (check the bucket and --prefix; raise --max-delete to accept)",
-                self.max_delete_percent
+                "\nerror: {n} files are gone from the bucket, more than {} allows: {} moved to history (check the bucket and --prefix; raise the limit to accept)",
+                self.max_delete_limit,
+                if self.dry_run { "a real run would move none" } else { "none was" }
             );
         }
         for r in self.refused.iter().take(limit) {

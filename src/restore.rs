@@ -2,9 +2,17 @@
 //! original keys. Every upload carries a Content-MD5 that the server checks; large files go up in parts,
 //! each with its own. An object already there with the same bytes is skipped; one with other bytes is a
 //! named conflict unless `--overwrite`.
+//!
+//! Only bytes restore can vouch for go up: each file is opened without following links (nor any folder
+//! on its way being a link), must be a regular file, and is read once before anything is sent: its
+//! CRC64NVME (or, for a file adopted without one, its MD5 against a plain MD5 ETag) must match the
+//! catalog's row, which must not be marked damaged. The Content-MD5 of that read then makes the server
+//! refuse any other bytes, should the file change before the upload. Anything else is `corrupt` or
+//! `refused`, not uploaded.
 
 use std::fs::File;
 use std::io::{self, Read};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -17,9 +25,9 @@ use futures::StreamExt;
 use md5_many::Md5State;
 use serde::Serialize;
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, Entry};
 use crate::errtext;
-use crate::report::Failed;
+use crate::report::{Failed, Refused};
 use crate::verify::{Crc64, hex, multipart_etag};
 
 /// Rows (or history files) handled at a time.
@@ -52,6 +60,15 @@ pub struct RestoreReport {
     pub identical: u64,
     pub conflicts: Vec<String>,
     pub failed: Vec<Failed>,
+    /// Files whose bytes are not what the backup wrote (rot, an edit, a row `verify` marked damaged):
+    /// not uploaded.
+    pub corrupt: Vec<String>,
+    /// Keys whose local path is no regular file of the backup (a symlink, a folder, a device): not
+    /// uploaded.
+    pub refused: Vec<Refused>,
+    /// Uploaded files the catalog had no checksum for (adopted from before it, never verified): their
+    /// size and mtime matched, their bytes could not be checked.
+    pub unverified: u64,
     pub bytes_uploaded: u64,
     pub elapsed_seconds: f64,
     pub dry_run: bool,
@@ -59,12 +76,15 @@ pub struct RestoreReport {
 
 impl RestoreReport {
     pub fn ok(&self) -> bool {
-        self.conflicts.is_empty() && self.failed.is_empty()
+        self.conflicts.is_empty()
+            && self.failed.is_empty()
+            && self.corrupt.is_empty()
+            && self.refused.is_empty()
     }
 
     pub fn human_summary(&self, limit: usize) -> String {
         let mut s = format!(
-            "s3backup restore: {} {}, {} identical, {} conflicts, {} failed; {} in {:.1}s",
+            "s3backup restore: {} {}, {} identical, {} conflicts, {} corrupt, {} refused, {} failed; {} in {:.1}s",
             self.uploaded,
             if self.dry_run {
                 "would be uploaded"
@@ -73,6 +93,8 @@ impl RestoreReport {
             },
             self.identical,
             self.conflicts.len(),
+            self.corrupt.len(),
+            self.refused.len(),
             self.failed.len(),
             crate::report::human_bytes(self.bytes_uploaded),
             self.elapsed_seconds
@@ -82,23 +104,75 @@ impl RestoreReport {
                 "\nconflict {k:?}: the bucket holds other bytes under this key (--overwrite replaces them)"
             ));
         }
+        for k in self.corrupt.iter().take(limit) {
+            s.push_str(&format!(
+                "\ncorrupt {k:?}: the file is not what the backup wrote (not uploaded; `verify` tells more)"
+            ));
+        }
+        for r in self.refused.iter().take(limit) {
+            s.push_str(&format!("\nrefused {:?}: {}", r.key, r.reason));
+        }
         for f in self.failed.iter().take(limit) {
             s.push_str(&format!("\nfailed {:?}: {}", f.key, f.error));
+        }
+        let hidden = [
+            self.conflicts.len(),
+            self.corrupt.len(),
+            self.refused.len(),
+            self.failed.len(),
+        ]
+        .iter()
+        .map(|n| n.saturating_sub(limit))
+        .sum::<usize>();
+        if hidden > 0 {
+            s.push_str(&format!("\n... and {hidden} more (all are in --json)"));
+        }
+        if self.unverified > 0 {
+            s.push_str(&format!(
+                "\n{} files had no checksum in the catalog (adopted, never verified): run `s3backup verify` first to record one",
+                self.unverified
+            ));
         }
         s
     }
 }
 
 enum Outcome {
-    Uploaded(u64),
+    /// Bytes, and whether they were checked against a recorded checksum.
+    Uploaded(u64, bool),
     Identical,
     Conflict,
+    Corrupt,
+    Refused(String),
 }
 
-/// One key to put back and the local path that holds its bytes (a folder marker has none).
+/// One key to put back, the local path that holds its bytes (a folder marker has none), and what the
+/// catalog recorded of it (none for a history file).
 struct Item {
     key: String,
     path: Option<PathBuf>,
+    row: Option<Entry>,
+    /// The folder the path must stay inside, with no link on the way.
+    root: PathBuf,
+}
+
+/// Bucket-level trouble (no such bucket, wrong credentials, no endpoint): one line, before any key.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BucketError(pub String);
+
+/// Ask the bucket for one key: a missing bucket, wrong keys or an unreachable endpoint are said once,
+/// before anything is read or sent (a dry run too). Restore needs s3:ListBucket anyway: without it, S3
+/// answers 403 rather than 404 for a key the bucket does not hold.
+pub async fn probe(client: &Client, bucket: &str) -> Result<(), BucketError> {
+    client
+        .list_objects_v2()
+        .bucket(bucket)
+        .max_keys(1)
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| BucketError(errtext::s3_line(&format!("listing bucket {bucket}"), &e)))
 }
 
 pub async fn restore(client: &Client, source: &Source, settings: &Settings) -> RestoreReport {
@@ -123,7 +197,9 @@ pub async fn restore(client: &Client, source: &Source, settings: &Settings) -> R
                     .into_iter()
                     .map(|r| Item {
                         path: (!r.key.ends_with('/')).then(|| dest.join(&r.key)),
-                        key: r.key,
+                        key: r.key.clone(),
+                        row: Some(r),
+                        root: dest.clone(),
                     })
                     .collect(),
                 Err(e) => {
@@ -151,17 +227,21 @@ pub async fn restore(client: &Client, source: &Source, settings: &Settings) -> R
             .await;
         for (key, r) in results {
             match r {
-                Ok(Outcome::Uploaded(n)) => {
+                Ok(Outcome::Uploaded(n, checked)) => {
                     report.uploaded += 1;
                     report.bytes_uploaded += n;
+                    report.unverified += u64::from(!checked);
                 }
                 Ok(Outcome::Identical) => report.identical += 1,
                 Ok(Outcome::Conflict) => report.conflicts.push(key),
+                Ok(Outcome::Corrupt) => report.corrupt.push(key),
+                Ok(Outcome::Refused(reason)) => report.refused.push(Refused { key, reason }),
                 Err(error) => report.failed.push(Failed { key, error }),
             }
         }
     }
     report.conflicts.sort_unstable();
+    report.corrupt.sort_unstable();
     report.elapsed_seconds = started.elapsed().as_secs_f64();
     report
 }
@@ -194,6 +274,8 @@ fn history_items(run_dir: &Path, prefix: &str, report: &mut RestoreReport) -> Ve
             Some(key) if key.starts_with(prefix) => items.push(Item {
                 key: key.to_owned(),
                 path: Some(e.path().to_path_buf()),
+                row: None,
+                root: run_dir.to_path_buf(),
             }),
             Some(_) => {}
             None => report.failed.push(Failed {
@@ -214,8 +296,59 @@ struct Digests {
     crc64: u64,
 }
 
-fn digest_file(path: &Path, part_size: u64) -> io::Result<Digests> {
-    let mut f = File::open(path)?;
+/// Why a file cannot be uploaded as it is.
+enum Unfit {
+    Refused(String),
+    Io(io::Error),
+}
+
+impl From<io::Error> for Unfit {
+    fn from(e: io::Error) -> Self {
+        Unfit::Io(e)
+    }
+}
+
+/// Open `path` for reading only if it is a regular file reached from `root` through real folders:
+/// no link, whether planted as the file or as a folder on its way, is followed.
+fn open_regular(root: &Path, path: &Path) -> Result<File, Unfit> {
+    let rel = path
+        .strip_prefix(root)
+        .map_err(|_| Unfit::Refused("not under the backup folder".into()))?;
+    let mut here = root.to_path_buf();
+    if let Some(parent) = rel.parent() {
+        for comp in parent.components() {
+            here.push(comp);
+            let m = std::fs::symlink_metadata(&here)?;
+            if !m.is_dir() {
+                return Err(Unfit::Refused(format!(
+                    "{} is not a folder (a link or a file): nothing is read through it",
+                    here.display()
+                )));
+            }
+        }
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => Unfit::Refused(format!(
+                "{} is a symlink: its target is no file of the backup",
+                path.display()
+            )),
+            _ => Unfit::Io(e),
+        })?;
+    let m = f.metadata()?;
+    if !m.is_file() {
+        return Err(Unfit::Refused(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    Ok(f)
+}
+
+fn digest_file(mut f: File, part_size: u64) -> io::Result<Digests> {
     let size = f.metadata()?.len();
     // A file of one part: its part's MD5 is the whole's, so only one is computed.
     let parted = size > part_size;
@@ -259,15 +392,49 @@ fn digest_file(path: &Path, part_size: u64) -> io::Result<Digests> {
     })
 }
 
+/// Whether the bytes read (`d`) are what the backup wrote (`row`): `Some(true)` checked against a
+/// recorded checksum, `Some(false)` nothing recorded to check against, `None` other bytes.
+fn vouch(row: &Entry, meta: &std::fs::Metadata, d: &Digests) -> Option<bool> {
+    if row.damaged
+        || d.size != row.size
+        || (row.last_modified.is_some() && meta.modified().ok() != row.last_modified)
+    {
+        return None;
+    }
+    if let Some(want) = row.crc64nvme {
+        return (want == d.crc64).then_some(true);
+    }
+    let etag = row.etag.as_deref().unwrap_or("").trim_matches('"');
+    if etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return etag.eq_ignore_ascii_case(&hex(&d.md5)).then_some(true);
+    }
+    Some(false)
+}
+
 async fn restore_one(client: &Client, item: &Item, s: &Settings) -> Result<Outcome, String> {
     let key = &item.key;
+    let mut checked = true;
     let digests = match &item.path {
         Some(path) => {
-            let (p, part) = (path.clone(), s.part_size);
-            let d = tokio::task::spawn_blocking(move || digest_file(&p, part))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("reading {}: {e}", path.display()))?;
+            let (p, root, part) = (path.clone(), item.root.clone(), s.part_size);
+            let read = tokio::task::spawn_blocking(move || {
+                let f = open_regular(&root, &p)?;
+                let meta = f.metadata()?;
+                Ok::<_, Unfit>((meta, digest_file(f, part)?))
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            let (meta, d) = match read {
+                Ok(read) => read,
+                Err(Unfit::Refused(reason)) => return Ok(Outcome::Refused(reason)),
+                Err(Unfit::Io(e)) => return Err(format!("reading {}: {e}", path.display())),
+            };
+            if let Some(row) = &item.row {
+                match vouch(row, &meta, &d) {
+                    Some(c) => checked = c,
+                    None => return Ok(Outcome::Corrupt),
+                }
+            }
             Some(d)
         }
         None => None,
@@ -296,7 +463,15 @@ async fn restore_one(client: &Client, item: &Item, s: &Settings) -> Result<Outco
                 h.e_tag().map(|e| e.trim_matches('"'))
                     == Some(multipart_etag(&d.part_md5s).as_str())
             });
-            if same_size && (same_md5 || same_crc || same_multipart) {
+            // The object the backup fetched, still there: its ETag (multipart ones too, whatever
+            // their part size) is what the catalog recorded for the bytes just vouched for.
+            let same_recorded = checked
+                && item.row.as_ref().is_some_and(|r| {
+                    r.etag.as_deref().map(|e| e.trim_matches('"'))
+                        == h.e_tag().map(|e| e.trim_matches('"'))
+                        && r.etag.is_some()
+                });
+            if same_size && (same_md5 || same_crc || same_multipart || same_recorded) {
                 return Ok(Outcome::Identical);
             }
             if !s.overwrite {
@@ -309,7 +484,7 @@ async fn restore_one(client: &Client, item: &Item, s: &Settings) -> Result<Outco
         }
     }
     if s.dry_run {
-        return Ok(Outcome::Uploaded(size));
+        return Ok(Outcome::Uploaded(size, checked));
     }
     match (&item.path, &digests) {
         (Some(path), Some(d)) if d.part_md5s.len() > 4 => {
@@ -340,7 +515,7 @@ async fn restore_one(client: &Client, item: &Item, s: &Settings) -> Result<Outco
                 .map_err(|e| errtext::s3_line(&format!("PUT {}", errtext::key(key)), &e))?;
         }
     }
-    Ok(Outcome::Uploaded(size))
+    Ok(Outcome::Uploaded(size, checked))
 }
 
 async fn upload_parts(

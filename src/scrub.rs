@@ -2,18 +2,20 @@
 //! is re-read: `missing`, `modified` (size or mtime differs from the catalog) or `corrupt` (same size and
 //! mtime, other bytes: its CRC64NVME differs from the one recorded as it was written).
 //!
-//! A damaged file's row is marked (`Catalog::mark_damaged`), so the next backup fetches it again; a file
-//! adopted without a checksum gets the one read now, so later checks can tell rot from it.
+//! A damaged file's row is marked (`Catalog::set_damaged`), so the next backup fetches it again (and
+//! history does not keep it as a version); a file found intact has its mark cleared, so a verify run
+//! while the volume was unmounted costs nothing once it is back. A file adopted without a checksum gets
+//! the one read now, so later checks can tell rot from it. A file that cannot be read (permissions, an
+//! I/O error) is reported under `unreadable` and the walk goes on.
 
 use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io;
 use std::path::Path;
 use std::time::Instant;
 
 use serde::Serialize;
 
 use crate::catalog::{Catalog, Entry};
-use crate::verify::Crc64;
 
 /// Rows read from the catalog at a time: memory stays flat whatever the backup's size.
 const PAGE: u32 = 1000;
@@ -27,23 +29,29 @@ pub struct VerifyReport {
     pub missing: Vec<String>,
     pub modified: Vec<String>,
     pub corrupt: Vec<String>,
+    /// Files that could not be checked: the key and the error.
+    pub unreadable: Vec<crate::report::Failed>,
     pub bytes_read: u64,
     pub elapsed_seconds: f64,
 }
 
 impl VerifyReport {
     pub fn all_ok(&self) -> bool {
-        self.missing.is_empty() && self.modified.is_empty() && self.corrupt.is_empty()
+        self.missing.is_empty()
+            && self.modified.is_empty()
+            && self.corrupt.is_empty()
+            && self.unreadable.is_empty()
     }
 
     pub fn human_summary(&self, limit: usize) -> String {
         let mut s = format!(
-            "s3backup verify: {} checked, {} ok, {} missing, {} modified, {} corrupt; {} read in {:.1}s",
+            "s3backup verify: {} checked, {} ok, {} missing, {} modified, {} corrupt, {} unreadable; {} read in {:.1}s",
             self.checked,
             self.ok,
             self.missing.len(),
             self.modified.len(),
             self.corrupt.len(),
+            self.unreadable.len(),
             crate::report::human_bytes(self.bytes_read),
             self.elapsed_seconds
         );
@@ -62,8 +70,17 @@ impl VerifyReport {
                 ));
             }
         }
+        for f in self.unreadable.iter().take(limit) {
+            s.push_str(&format!("\nunreadable {:?}: {}", f.key, f.error));
+        }
+        if self.unreadable.len() > limit {
+            s.push_str(&format!(
+                "\n... and {} more unreadable (all in --json)",
+                self.unreadable.len() - limit
+            ));
+        }
         if !self.all_ok() {
-            s.push_str("\nthe next backup run fetches these again");
+            s.push_str("\nthe next backup run fetches the damaged files again");
         }
         s
     }
@@ -90,10 +107,25 @@ pub fn verify(catalog: &Catalog, dest: &Path, prefix: &str) -> Result<VerifyRepo
         after = last.key.clone();
         for row in rows {
             report.checked += 1;
-            let state = check_one(catalog, dest, &row, &mut buf, &mut report.bytes_read)
-                .map_err(|e| format!("{}: {e}", dest.join(&row.key).display()))?;
+            let state = match check_one(catalog, dest, &row, &mut buf, &mut report.bytes_read) {
+                Ok(state) => state,
+                // A folder on the way replaced by a file: the file is not there.
+                Err(e) if e.kind() == io::ErrorKind::NotADirectory => State::Missing,
+                Err(e) => {
+                    report.unreadable.push(crate::report::Failed {
+                        error: format!("{}: {e}", dest.join(&row.key).display()),
+                        key: row.key,
+                    });
+                    continue;
+                }
+            };
             let list = match state {
                 State::Ok => {
+                    if row.damaged {
+                        catalog
+                            .set_damaged(&row.key, false)
+                            .map_err(|e| e.to_string())?;
+                    }
                     report.ok += 1;
                     continue;
                 }
@@ -101,7 +133,9 @@ pub fn verify(catalog: &Catalog, dest: &Path, prefix: &str) -> Result<VerifyRepo
                 State::Modified => &mut report.modified,
                 State::Corrupt => &mut report.corrupt,
             };
-            catalog.mark_damaged(&row.key).map_err(|e| e.to_string())?;
+            catalog
+                .set_damaged(&row.key, true)
+                .map_err(|e| e.to_string())?;
             list.push(row.key);
         }
     }
@@ -136,29 +170,17 @@ fn check_one(
     {
         return Ok(State::Modified);
     }
-    let mut file = File::open(&path)?;
-    let mut crc = Crc64::default();
-    let mut n = 0u64;
-    loop {
-        let got = match file.read(buf) {
-            Ok(0) => break,
-            Ok(got) => got,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        crc.update(&buf[..got]);
-        n += got as u64;
-    }
+    let (crc, n) = crate::verify::crc64_of_reader(File::open(&path)?, buf)?;
     *bytes_read += n;
     if n != row.size {
         return Ok(State::Modified);
     }
     match row.crc64nvme {
-        Some(want) if want != crc.value() => Ok(State::Corrupt),
+        Some(want) if want != crc => Ok(State::Corrupt),
         Some(_) => Ok(State::Ok),
         None => {
             catalog
-                .set_checksum(&row.key, crc.value())
+                .set_checksum(&row.key, crc)
                 .map_err(io::Error::other)?;
             Ok(State::Ok)
         }

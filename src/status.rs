@@ -64,43 +64,49 @@ pub struct Status {
     pub last_success_at: Option<String>,
     pub age_hours: Option<f64>,
     pub healthy: bool,
+    /// Records that could not be read (each names its file); a damaged `last-run.json` does not keep
+    /// the verdict from the last success, a damaged `last-success.json` makes it "not healthy".
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
 }
 
 /// Read `dir`'s records as of `now`: healthy when the last success finished less than `max_age_hours`
 /// ago.
 pub fn read(dir: &Path, now: SystemTime, max_age_hours: f64) -> Result<Status, StatusError> {
-    let last_run = read_doc(&dir.join(LAST_RUN))?;
+    let mut problems = Vec::new();
+    let last_run = read_doc(&dir.join(LAST_RUN)).unwrap_or_else(|e| {
+        problems.push(e.to_string());
+        None
+    });
     let success_path = dir.join(LAST_SUCCESS);
-    let last_success = read_doc(&success_path)?;
-    let last_success_at = match &last_success {
-        Some(doc) => {
-            let at = doc["finished_at"].as_str().ok_or_else(|| StatusError {
-                path: success_path.clone(),
-                detail: "no finished_at".into(),
-            })?;
-            Some((at.to_owned(), parse_timestamp(at)))
-        }
-        None => None,
-    };
-    let age_hours = match &last_success_at {
-        Some((at, None)) => {
-            return Err(StatusError {
-                path: success_path,
-                detail: format!("finished_at {at:?} is not an RFC 3339 time"),
-            });
-        }
-        Some((_, Some(t))) => Some(match now.duration_since(*t) {
-            Ok(d) => d.as_secs_f64() / 3600.0,
-            // A success "in the future" (the clock went back): as fresh as can be.
-            Err(_) => 0.0,
-        }),
-        None => None,
-    };
+    let success = read_doc(&success_path).and_then(|doc| {
+        let Some(doc) = doc else { return Ok(None) };
+        let bad = |detail: String| StatusError {
+            path: success_path.clone(),
+            detail,
+        };
+        let at = doc["finished_at"]
+            .as_str()
+            .ok_or_else(|| bad("no finished_at".into()))?;
+        let t = parse_timestamp(at)
+            .ok_or_else(|| bad(format!("finished_at {at:?} is not an RFC 3339 time")))?;
+        Ok(Some((at.to_owned(), t)))
+    });
+    let success = success.unwrap_or_else(|e| {
+        problems.push(e.to_string());
+        None
+    });
+    let age_hours = success.as_ref().map(|(_, t)| match now.duration_since(*t) {
+        Ok(d) => d.as_secs_f64() / 3600.0,
+        // A success "in the future" (the clock went back): as fresh as can be.
+        Err(_) => 0.0,
+    });
     Ok(Status {
         last_run,
         healthy: age_hours.is_some_and(|a| a < max_age_hours),
-        last_success_at: last_success_at.map(|(at, _)| at),
+        last_success_at: success.map(|(at, _)| at),
         age_hours: age_hours.map(|a| (a * 100.0).round() / 100.0),
+        problems,
     })
 }
 
@@ -157,6 +163,9 @@ impl Status {
             }
             _ => s.push_str("last success: never\n"),
         }
+        for p in &self.problems {
+            s.push_str(&format!("unreadable record: {p}\n"));
+        }
         s.push_str(&format!(
             "{} (a success within {max_age_hours} hours is healthy)",
             if self.healthy {
@@ -202,8 +211,16 @@ mod tests {
             st.human(26.0)
         );
 
+        // A damaged last run keeps the verdict of the intact last success, and says so.
+        fs::write(dir.join(LAST_RUN), "{not json").unwrap();
+        let st = read(&dir, now, 26.0).unwrap();
+        assert!(st.healthy && st.last_run.is_none());
+        assert!(st.problems[0].contains(LAST_RUN), "{:?}", st.problems);
+        // A damaged last success is no success.
         fs::write(dir.join(LAST_SUCCESS), "{not json").unwrap();
-        let e = read(&dir, now, 26.0).unwrap_err();
-        assert!(e.to_string().contains(LAST_SUCCESS), "{e}");
+        let st = read(&dir, now, 26.0).unwrap();
+        assert!(!st.healthy);
+        assert!(st.problems[1].contains(LAST_SUCCESS), "{:?}", st.problems);
+        assert!(st.human(26.0).contains("unreadable record"));
     }
 }

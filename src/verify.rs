@@ -34,6 +34,23 @@ impl Crc64 {
     }
 }
 
+/// The CRC64NVME and length of everything `r` yields, read `buf.len()` bytes at a time.
+pub fn crc64_of_reader(mut r: impl io::Read, buf: &mut [u8]) -> io::Result<(u64, u64)> {
+    let mut crc = Crc64::default();
+    let mut n = 0u64;
+    loop {
+        match r.read(buf) {
+            Ok(0) => return Ok((crc.value(), n)),
+            Ok(got) => {
+                crc.update(&buf[..got]);
+                n += got as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// The CRC64NVME of a file made of `parts` in order: (crc, length) of each.
 pub fn crc64_of_parts(parts: impl IntoIterator<Item = (u64, u64)>) -> u64 {
     parts

@@ -19,6 +19,7 @@ use tokio::sync::Semaphore;
 use crate::atomic::{CommitError, Committer, Staged};
 use crate::catalog::Entry;
 use crate::errtext::{self, HasStatus};
+use crate::history::Aside;
 use crate::listing::{self, ObjectInfo};
 use crate::plan;
 use crate::verify::{Md5Check, ResponseChecksums};
@@ -116,8 +117,8 @@ pub struct Fetched {
     pub bytes: u64,
     /// How the body was verified (`none` when S3 offered nothing to verify against).
     pub verified_with: &'static str,
-    /// The version it replaced was moved to the history folder.
-    pub replaced_to_history: bool,
+    /// What became of the version it replaced (with a history folder: kept there, or not a version).
+    pub aside: Aside,
 }
 
 /// Where one object goes: its final path under `dest`, whose folders are made when its temp file is.
@@ -338,13 +339,14 @@ impl Fetcher {
         target: &Target,
         md5: Option<Md5Check>,
         crc64: u64,
-    ) -> Result<bool, FetchError> {
+    ) -> Result<Aside, FetchError> {
         let entry = Entry {
             key: obj.key.clone(),
             size: obj.size,
             last_modified: obj.last_modified,
             etag: obj.etag.clone(),
             crc64nvme: Some(crc64),
+            damaged: false,
         };
         match self
             .committer

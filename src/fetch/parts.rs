@@ -80,13 +80,13 @@ impl Fetcher {
                 ("md5 (multipart etag)", None)
             }
         };
-        let replaced_to_history = self
+        let aside = self
             .commit(staged, obj, target, deferred_md5, crc64)
             .await?;
         Ok(Fetched {
             bytes: size,
             verified_with,
-            replaced_to_history,
+            aside,
         })
     }
 

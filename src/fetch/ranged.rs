@@ -69,11 +69,11 @@ impl Fetcher {
                 .check(hasher_done.finish())
                 .map_err(|m| FetchError::Transient(m.to_string()))?;
         }
-        let replaced_to_history = self.commit(staged, obj, target, None, crc64).await?;
+        let aside = self.commit(staged, obj, target, None, crc64).await?;
         Ok(Fetched {
             bytes: size,
             verified_with: expected.describe(),
-            replaced_to_history,
+            aside,
         })
     }
 

@@ -60,13 +60,13 @@ impl Fetcher {
                 .check(hasher.finish())
                 .map_err(|m| FetchError::Transient(m.to_string()))?;
         }
-        let replaced_to_history = self
+        let aside = self
             .commit(staged, obj, target, deferred_md5, crc64)
             .await?;
         Ok(Fetched {
             bytes: n,
             verified_with: expected.describe(),
-            replaced_to_history,
+            aside,
         })
     }
 }
