@@ -344,12 +344,19 @@ fn make_durable(ready: Vec<Job>, catalog: Option<&Catalog>, history: Option<&His
     }
     // 3. The catalog, only for files whose rename is durable. A failure here costs the next run a
     // download (the file is adopted, or its old row differs from the listing), never a wrong row.
-    if let Some(c) = catalog
-        && let Err(e) = c.record(&entries)
-    {
-        tracing::warn!("{e}: {} files not recorded", entries.len());
-    }
+    // A row that cannot be written is a failure of that file: it is in place, but the next run cannot
+    // tell it from the old version (and fetches it again), and `verify` cannot check it.
+    let unrecorded = match catalog.map(|c| c.record(&entries)) {
+        Some(Err(e)) => Some(e.to_string()),
+        _ => None,
+    };
     for (done, r) in answers {
+        let r = match (&unrecorded, r) {
+            (Some(e), Ok(_)) => Err(io::Error::other(format!(
+                "installed, but not recorded: {e}"
+            ))),
+            (_, r) => r,
+        };
         let _ = done.send(r.map_err(Into::into));
     }
 }

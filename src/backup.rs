@@ -15,7 +15,7 @@ use crate::atomic;
 use crate::catalog::{self, Catalog};
 use crate::config::Config;
 use crate::fetch::{FetchSettings, Fetched, Fetcher, Target, Unfetched};
-use crate::history::{Aside, History};
+use crate::history::{self, Aside, History};
 use crate::listing::{self, ListError, ObjectInfo};
 use crate::lock::{self, LockError, RunGuard};
 use crate::keypath::RefuseReason;
@@ -55,10 +55,12 @@ pub async fn run(
 ) -> Result<Report, RunError> {
     let started = Instant::now();
     let started_at = std::time::SystemTime::now();
+    let previews = config.dry_run && config.history_dir.is_some();
     let mut report = Report {
         max_delete_limit: delete_limit_text(config),
         dry_run: config.dry_run,
         would_download: config.dry_run.then_some(0),
+        would_replace_to_history: previews.then_some(0),
         ..Report::default()
     };
     let prep = prepare(config, started_at, &mut report)?;
@@ -131,7 +133,6 @@ fn prepare(
     report: &mut Report,
 ) -> Result<Prepared, RunError> {
     let dest = prepare_dest(&config.dest, config.dry_run)?;
-    check_state_outside(&config.state_dir, &dest)?;
     let guard = if config.dry_run {
         None
     } else {
@@ -189,20 +190,6 @@ fn prepare(
         history,
         tracks_deletions,
     })
-}
-
-/// The state folder holds the catalog: inside `--dest`, an object's key could overwrite it.
-fn check_state_outside(state_dir: &Path, dest: &Path) -> Result<(), RunError> {
-    let resolved = crate::config::resolve_lenient(state_dir)
-        .map_err(|e| RunError::Config(format!("--state-dir {}: {e}", state_dir.display())))?;
-    if resolved.starts_with(dest) {
-        return Err(RunError::Config(format!(
-            "--state-dir {} and --dest {}: the state folder must not be inside the destination (an object's key could overwrite the catalog)",
-            state_dir.display(),
-            dest.display()
-        )));
-    }
-    Ok(())
 }
 
 /// What the listing step learnt.
@@ -337,9 +324,14 @@ impl Pass {
                     error,
                 });
             }
-            Plan::Fetch(_) if self.dry_run => {
+            Plan::Fetch(rel) if self.dry_run => {
                 tracing::info!(key = ?obj.key, size = obj.size, "would download");
                 *report.would_download.get_or_insert(0) += 1;
+                if let Some(n) = report.would_replace_to_history.as_mut()
+                    && std::fs::symlink_metadata(self.dest.join(&rel)).is_ok_and(|m| m.is_file())
+                {
+                    *n += 1;
+                }
             }
             Plan::Fetch(rel) => {
                 let permit = tokio::select! {
@@ -397,6 +389,10 @@ async fn reconcile(
     stop: &Stop,
     pb: &ProgressBar,
 ) {
+    if let (Some(root), true) = (&config.history_dir, config.dry_run) {
+        let expired = history::expired_runs(root, std::time::SystemTime::now(), config.keep_days);
+        pass.report.would_prune_runs = Some(expired.map_or(0, |e| e.len() as u64));
+    }
     let Some(catalog) = prep.catalog.clone().filter(|_| prep.tracks_deletions) else {
         return;
     };
@@ -641,7 +637,7 @@ fn move_deleted(
             .is_some_and(|rel| catalog.get(&format!("{rel}/")).is_ok_and(|r| r.is_some()))
     };
     for d in &emptied {
-        dirs.extend(crate::history::remove_empty_dirs(dest, d, &marked));
+        dirs.extend(history::remove_empty_dirs(dest, d, &marked));
         dirs.push(d.clone());
     }
     dirs.sort();

@@ -272,6 +272,7 @@ impl BackupArgs {
         }
         let concurrency = config::validate_concurrency(self.concurrency)?;
         let state_dir = state_dir(self.state_dir)?;
+        config::check_state_outside(&state_dir, &dest)?;
         if let Some(ns) = &self.cloudwatch_namespace {
             config::validate_namespace(ns)?;
         }

@@ -66,6 +66,10 @@ pub enum ConfigError {
         "--max-delete-bytes {0:?}: expected a size such as 500M, 10G or 1T (powers of 1024), or bytes"
     )]
     BadSize(String),
+    #[error(
+        "--state-dir {0} and --dest {1}: the state folder must not be inside the destination (an object's key could overwrite the catalog)"
+    )]
+    StateInsideDest(String, String),
     #[error("--max-age {0}: must be a positive number of hours")]
     BadMaxAge(String),
     #[error("cannot resolve relative path {0:?}: {1}")]
@@ -112,6 +116,21 @@ pub fn validate_concurrency(n: usize) -> Result<usize, ConfigError> {
     } else {
         Err(ConfigError::BadConcurrency(n))
     }
+}
+
+/// The state folder holds the catalog: inside `--dest`, an object's key could overwrite it. Both are
+/// resolved as they will be once created (symlinks of existing ancestors followed).
+pub fn check_state_outside(state_dir: &Path, dest: &Path) -> Result<(), ConfigError> {
+    let resolve = |p: &Path| {
+        resolve_lenient(p).map_err(|e| ConfigError::Cwd(p.display().to_string(), e.to_string()))
+    };
+    if resolve(state_dir)?.starts_with(resolve(dest)?) {
+        return Err(ConfigError::StateInsideDest(
+            state_dir.display().to_string(),
+            dest.display().to_string(),
+        ));
+    }
+    Ok(())
 }
 
 /// A size as rclone's `--max-delete-size` takes it: bytes, or a number with K, M, G, T (powers of 1024;

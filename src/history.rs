@@ -175,24 +175,29 @@ impl History {
             return Ok(Aside::NotAVersion);
         }
         if let Some(row) = row {
-            let as_written = !row.damaged
-                && meta.len() == row.size
+            let as_written = meta.len() == row.size
                 && (row.last_modified.is_none() || meta.modified().ok() == row.last_modified);
             if !as_written {
                 return Ok(Aside::NotAVersion);
             }
             let same_object = new.is_some_and(|n| n.etag.is_some() && n.etag == row.etag);
-            if let Some(want) = row.crc64nvme {
-                let mut buf = vec![0u8; 1 << 20];
-                let (got, len) = crate::verify::crc64_of_reader(fs::File::open(target)?, &mut buf)?;
-                if got != want || len != row.size {
-                    return Ok(Aside::NotAVersion);
+            match row.crc64nvme {
+                // The bytes decide, whatever a mark says (a verify while the volume was away marks
+                // every row; the files are intact once it is back).
+                Some(want) => {
+                    let mut buf = vec![0u8; 1 << 20];
+                    let (got, len) =
+                        crate::verify::crc64_of_reader(fs::File::open(target)?, &mut buf)?;
+                    if got != want || len != row.size {
+                        return Ok(Aside::NotAVersion);
+                    }
+                    if same_object || new.is_some_and(|n| n.crc64nvme == Some(got)) {
+                        return Ok(Aside::Same);
+                    }
                 }
-                if same_object || new.is_some_and(|n| n.crc64nvme == Some(got)) {
-                    return Ok(Aside::Same);
-                }
-            } else if same_object {
-                return Ok(Aside::Same);
+                None if row.damaged => return Ok(Aside::NotAVersion),
+                None if same_object => return Ok(Aside::Same),
+                None => {}
             }
         }
         Ok(match self.move_aside(target)? {
@@ -229,27 +234,13 @@ impl History {
     /// is named in `failed` and the others are still removed.
     pub fn prune(&self, now: SystemTime, keep_days: u32) -> io::Result<Pruned> {
         let mut out = Pruned::default();
-        if keep_days == 0 {
-            return Ok(out);
-        }
-        let cutoff = now - Duration::from_secs(u64::from(keep_days) * 86_400);
-        for entry in fs::read_dir(&self.root)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let Some(started) = name.to_str().and_then(runid::parse) else {
-                continue; // not ours: left alone
-            };
-            if started >= cutoff || name.to_str() == Some(self.run_id.as_str()) {
+        for path in expired_runs(&self.root, now, keep_days)? {
+            if path.file_name().and_then(|n| n.to_str()) == Some(self.run_id.as_str()) {
                 continue;
             }
-            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            match fs::remove_dir_all(entry.path()) {
+            match fs::remove_dir_all(&path) {
                 Ok(()) => out.removed += 1,
-                Err(e) => out
-                    .failed
-                    .push(format!("removing {}: {e}", entry.path().display())),
+                Err(e) => out.failed.push(format!("removing {}: {e}", path.display())),
             }
         }
         if out.removed > 0 {
@@ -257,6 +248,32 @@ impl History {
         }
         Ok(out)
     }
+}
+
+/// The run folders (real folders, not links, named exactly as a run) under `root` that started more
+/// than `keep_days` before `now`; none for 0 (keep all) or a history folder not made yet.
+pub fn expired_runs(root: &Path, now: SystemTime, keep_days: u32) -> io::Result<Vec<PathBuf>> {
+    if keep_days == 0 {
+        return Ok(Vec::new());
+    }
+    let cutoff = now - Duration::from_secs(u64::from(keep_days) * 86_400);
+    let entries = match fs::read_dir(root) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(started) = name.to_str().and_then(runid::parse) else {
+            continue; // not ours: left alone
+        };
+        if started < cutoff && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            out.push(entry.path());
+        }
+    }
+    Ok(out)
 }
 
 /// Remove the empty directories from `dir` up to (not including) `dest`: the folders a deletion

@@ -50,7 +50,7 @@ pub enum RefuseReason {
     ParentIsFile(String),
     #[error("'{0}' on disk is not a directory, so it cannot hold this object")]
     ParentNotDirOnDisk(String),
-    #[error("a directory of the same name holds other objects")]
+    #[error("a directory of the same name is in the way (it holds other objects or local files)")]
     IsDirOnDisk,
     #[error("a file of the same name exists, and a folder marker never displaces a file")]
     MarkerOverFile,

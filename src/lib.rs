@@ -38,12 +38,31 @@ use crate::fetch::FetchSettings;
 use crate::metrics::RunMetrics;
 use crate::report::Exit;
 
+/// `println!` that never panics: a closed or full stdout (a reader gone, `>/dev/full`) must not turn a
+/// finished backup into a crash that skips its run record and metrics.
+macro_rules! say_out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
+/// `eprintln!` likewise, for a cron job whose `| logger` died.
+macro_rules! say_err {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
 /// Run the parsed command line to completion.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Some(Command::CronEntry(args)) => {
             let job = args.into_job()?;
-            print!("{}", job.render()?);
+            let text = job.render()?;
+            use std::io::Write as _;
+            let _ = std::io::stdout().write_all(text.as_bytes());
             return Ok(Exit::Ok.into());
         }
         Some(Command::Status(args)) => return Ok(status_command(args)),
@@ -67,7 +86,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     pb.finish_and_clear();
     let (exit, mut doc, metrics) = match outcome {
         Ok(report) => {
-            eprintln!("{}", report.human_summary(20));
+            say_err!("{}", report.human_summary(20));
             let exit = report.exit();
             let metrics = RunMetrics::of(&report, exit == Exit::Ok);
             (exit, report.to_json(), metrics)
@@ -79,7 +98,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (RunError::Config(_), Some(signals::Signal::Term)) => Exit::Terminated,
                 (RunError::Config(_), None) => Exit::Config,
             };
-            eprintln!("error: {e}");
+            say_err!("error: {e}");
             let metrics = RunMetrics {
                 duration: started.elapsed().unwrap_or_default(),
                 ..RunMetrics::default()
@@ -91,7 +110,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     doc["started_at"] = status::timestamp(started).into();
     doc["finished_at"] = status::timestamp(SystemTime::now()).into();
     if json {
-        println!("{doc}");
+        say_out!("{doc}");
     }
     // A dry run is no backup: it leaves no record and says nothing to an alarm.
     if !config.dry_run {
@@ -117,12 +136,12 @@ fn status_command(args: StatusArgs) -> ExitCode {
     match status::read(&query.dir, SystemTime::now(), query.max_age_hours) {
         Ok(st) => {
             if json {
-                println!(
+                say_out!(
                     "{}",
                     serde_json::to_string(&st).expect("plain data serialises")
                 );
             } else {
-                println!("{}", st.human(query.max_age_hours));
+                say_out!("{}", st.human(query.max_age_hours));
             }
             if st.healthy { Exit::Ok } else { Exit::Partial }.into()
         }
@@ -168,9 +187,9 @@ fn verify_command(args: VerifyArgs) -> ExitCode {
     }
     match outcome {
         Ok(r) => {
-            eprintln!("{}", r.human_summary(20));
+            say_err!("{}", r.human_summary(20));
             if json {
-                println!(
+                say_out!(
                     "{}",
                     serde_json::to_string(&r).expect("plain data serialises")
                 );
@@ -215,9 +234,9 @@ fn restore_command(args: RestoreArgs) -> ExitCode {
                 return fail(json, Exit::Config, &e.to_string());
             }
             let r = runtime.block_on(restore::restore(&client, &source, &settings));
-            eprintln!("{}", r.human_summary(20));
+            say_err!("{}", r.human_summary(20));
             if json {
-                println!(
+                say_out!(
                     "{}",
                     serde_json::to_string(&r).expect("plain data serialises")
                 );
@@ -258,7 +277,8 @@ fn prepare_restore(
                     })?,
             };
             let run_dir = root.join(&run);
-            if !run_dir.is_dir() {
+            // Not followed if a link: a run folder is one that a run made.
+            if !std::fs::symlink_metadata(&run_dir).is_ok_and(|m| m.is_dir()) {
                 return Err(format!(
                     "--from-history {run}: {} is not a run folder",
                     run_dir.display()
@@ -312,7 +332,7 @@ fn prepare_restore(
 
 /// Report a run that could not happen: `error: ...` on stderr and, with `--json`, the one JSON object.
 pub fn fail(json: bool, exit: Exit, message: &str) -> ExitCode {
-    eprintln!("error: {message}");
+    say_err!("error: {message}");
     if json {
         return json_error(exit, message);
     }
@@ -322,7 +342,7 @@ pub fn fail(json: bool, exit: Exit, message: &str) -> ExitCode {
 /// The one JSON object of a run that could not happen.
 pub fn json_error(exit: Exit, message: &str) -> ExitCode {
     let doc = serde_json::json!({ "error": message, "exit_code": exit as u8 });
-    println!("{doc}");
+    say_out!("{doc}");
     exit.into()
 }
 

@@ -114,6 +114,24 @@ impl RunGuard {
     }
 }
 
+/// A run into a destination that started and has not finished (its in-progress marker is there).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unfinished {
+    pub since: std::time::SystemTime,
+    /// It holds the lock now (still running); otherwise it died (a kill, a crash, a power cut).
+    pub running: bool,
+}
+
+/// Whether the destination's state folder `dir` shows an unfinished run. Asks the lock without waiting
+/// and lets it go at once, so a running backup is never held up.
+pub fn unfinished(dir: &Path) -> Option<Unfinished> {
+    let since = fs::metadata(dir.join("running")).ok()?.modified().ok()?;
+    let running = File::open(dir.join("lock")).is_ok_and(|f| {
+        matches!(f.try_lock_shared(), Err(fs::TryLockError::WouldBlock))
+    });
+    Some(Unfinished { since, running })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,7 +34,8 @@ fn main() -> ExitCode {
     match s3backup::run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
             Exit::Config.into()
         }
     }

@@ -95,6 +95,12 @@ pub struct Report {
     /// With `--dry-run` and `--history-dir`: files a real run would move to history as deleted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub would_delete_to_history: Option<u64>,
+    /// With `--dry-run` and `--history-dir`: files a real run would replace (their version kept there).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would_replace_to_history: Option<u64>,
+    /// With `--dry-run` and `--history-dir`: run folders a real run would prune.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would_prune_runs: Option<u64>,
     /// The signal that stopped the run (`SIGINT`, `SIGTERM`): the counts are what it got to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interrupted: Option<crate::signals::Signal>,
@@ -162,8 +168,14 @@ impl Report {
         );
         if let Some(n) = self.would_download {
             let _ = write!(s, " (dry run: {n} would be downloaded");
+            if let Some(d) = self.would_replace_to_history {
+                let _ = write!(s, ", {d} replaced with their version moved to history");
+            }
             if let Some(d) = self.would_delete_to_history {
                 let _ = write!(s, ", {d} moved to history as deleted");
+            }
+            if let Some(d) = self.would_prune_runs {
+                let _ = write!(s, ", {d} old history runs pruned");
             }
             s.push(')');
         }

@@ -263,13 +263,24 @@ fn history_items(run_dir: &Path, prefix: &str, report: &mut RestoreReport) -> Ve
                 continue;
             }
         };
-        if !e.file_type().is_file() {
+        if e.file_type().is_dir() {
             continue;
         }
         let rel = e
             .path()
             .strip_prefix(run_dir)
             .expect("below the run folder");
+        if !e.file_type().is_file() {
+            // History only ever holds regular files it moved there; anything else was put there.
+            report.refused.push(Refused {
+                key: rel.to_string_lossy().into_owned(),
+                reason: format!(
+                    "{} is not a regular file (a link, a device, a fifo): nothing is read through it",
+                    e.path().display()
+                ),
+            });
+            continue;
+        }
         match rel.to_str() {
             Some(key) if key.starts_with(prefix) => items.push(Item {
                 key: key.to_owned(),

@@ -86,6 +86,20 @@ impl VerifyReport {
     }
 }
 
+/// A reader that feeds an MD5 with what passes through it.
+struct Tee<'a, R> {
+    inner: R,
+    md5: &'a mut md5_many::Md5State,
+}
+
+impl<R: io::Read> io::Read for Tee<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.md5.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
 enum State {
     Ok,
     Missing,
@@ -170,7 +184,32 @@ fn check_one(
     {
         return Ok(State::Modified);
     }
-    let (crc, n) = crate::verify::crc64_of_reader(File::open(&path)?, buf)?;
+    let file = File::open(&path)?;
+    // A file adopted without a checksum whose ETag looks like a plain MD5 (a single-part upload): its
+    // first verify checks that MD5 before it records the CRC64NVME it reads, so rot that happened
+    // before is not taken as the reference. (An SSE-KMS ETag looks the same but is no MD5: such a file
+    // reads as corrupt once and is fetched again, after which it has a checksum.)
+    let want_md5 = row
+        .crc64nvme
+        .is_none()
+        .then(|| row.etag.as_deref().map(|e| e.trim_matches('"')))
+        .flatten()
+        .filter(|e| e.len() == 32 && e.bytes().all(|b| b.is_ascii_hexdigit()));
+    let (crc, n, md5) = match want_md5 {
+        None => {
+            let (crc, n) = crate::verify::crc64_of_reader(file, buf)?;
+            (crc, n, None)
+        }
+        Some(_) => {
+            let mut md5 = md5_many::Md5State::new();
+            let tee = Tee {
+                inner: file,
+                md5: &mut md5,
+            };
+            let (crc, n) = crate::verify::crc64_of_reader(tee, buf)?;
+            (crc, n, Some(crate::verify::hex(&md5.finalize())))
+        }
+    };
     *bytes_read += n;
     if n != row.size {
         return Ok(State::Modified);
@@ -178,6 +217,9 @@ fn check_one(
     match row.crc64nvme {
         Some(want) if want != crc => Ok(State::Corrupt),
         Some(_) => Ok(State::Ok),
+        None if md5.is_some_and(|m| !want_md5.is_some_and(|w| w.eq_ignore_ascii_case(&m))) => {
+            Ok(State::Corrupt)
+        }
         None => {
             catalog
                 .set_checksum(&row.key, crc)

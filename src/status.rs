@@ -68,7 +68,20 @@ pub struct Status {
     /// the verdict from the last success, a damaged `last-success.json` makes it "not healthy".
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
+    /// A run that started and has not finished: running now, or killed (then the next run sweeps
+    /// what it left, and `last_run` is the run before it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unfinished_run: Option<UnfinishedRun>,
 }
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct UnfinishedRun {
+    pub started_at: String,
+    pub running: bool,
+}
+
+/// A success this far "in the future" says the clock was wrong then or is now: no verdict to trust.
+const CLOCK_SLACK: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Read `dir`'s records as of `now`: healthy when the last success finished less than `max_age_hours`
 /// ago.
@@ -96,10 +109,24 @@ pub fn read(dir: &Path, now: SystemTime, max_age_hours: f64) -> Result<Status, S
         problems.push(e.to_string());
         None
     });
+    let success = success.filter(|(at, t)| {
+        let future = t.duration_since(now).is_ok_and(|d| d > CLOCK_SLACK);
+        if future {
+            problems.push(format!(
+                "{}: the last success finished at {at}, in the future: the clock was wrong then or is now, so its age says nothing",
+                success_path.display()
+            ));
+        }
+        !future
+    });
     let age_hours = success.as_ref().map(|(_, t)| match now.duration_since(*t) {
         Ok(d) => d.as_secs_f64() / 3600.0,
-        // A success "in the future" (the clock went back): as fresh as can be.
+        // Within the slack: as fresh as can be.
         Err(_) => 0.0,
+    });
+    let unfinished_run = crate::lock::unfinished(dir).map(|u| UnfinishedRun {
+        started_at: timestamp(u.since),
+        running: u.running,
     });
     Ok(Status {
         last_run,
@@ -107,6 +134,7 @@ pub fn read(dir: &Path, now: SystemTime, max_age_hours: f64) -> Result<Status, S
         last_success_at: success.map(|(at, _)| at),
         age_hours: age_hours.map(|a| (a * 100.0).round() / 100.0),
         problems,
+        unfinished_run,
     })
 }
 
@@ -164,7 +192,17 @@ impl Status {
             _ => s.push_str("last success: never\n"),
         }
         for p in &self.problems {
-            s.push_str(&format!("unreadable record: {p}\n"));
+            s.push_str(&format!("problem: {p}\n"));
+        }
+        match &self.unfinished_run {
+            Some(u) if u.running => {
+                s.push_str(&format!("a run is in progress since {}\n", u.started_at))
+            }
+            Some(u) => s.push_str(&format!(
+                "a run started at {} did not finish (killed or crashed; the next run cleans up after it)\n",
+                u.started_at
+            )),
+            None => {}
         }
         s.push_str(&format!(
             "{} (a success within {max_age_hours} hours is healthy)",
@@ -221,6 +259,20 @@ mod tests {
         let st = read(&dir, now, 26.0).unwrap();
         assert!(!st.healthy);
         assert!(st.problems[1].contains(LAST_SUCCESS), "{:?}", st.problems);
-        assert!(st.human(26.0).contains("unreadable record"));
+        assert!(st.human(26.0).contains("problem: "));
+        // A success in the future is no verdict; one a few minutes ahead (clock skew) is fresh.
+        let ahead = serde_json::json!({"exit_code": 0, "finished_at": timestamp(now + Duration::from_secs(3600))});
+        record(&dir, &ahead, true).unwrap();
+        let st = read(&dir, now, 26.0).unwrap();
+        assert!(!st.healthy && st.problems.iter().any(|p| p.contains("in the future")));
+        let skew = serde_json::json!({"exit_code": 0, "finished_at": timestamp(now + Duration::from_secs(60))});
+        record(&dir, &skew, true).unwrap();
+        assert!(read(&dir, now, 26.0).unwrap().healthy);
+        // A marker with nobody holding the lock: a run that died.
+        fs::write(dir.join("running"), b"").unwrap();
+        fs::write(dir.join("lock"), b"").unwrap();
+        let st = read(&dir, now, 26.0).unwrap();
+        assert_eq!(st.unfinished_run.as_ref().map(|u| u.running), Some(false));
+        assert!(st.human(26.0).contains("did not finish"));
     }
 }

@@ -479,6 +479,11 @@ impl Proxy {
         self.armed.lock().unwrap().fault = None;
     }
 
+    /// Request lines seen so far (kept).
+    pub fn peek(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+
     /// Request lines seen so far, then forget them.
     pub fn take(&self) -> Vec<String> {
         std::mem::take(&mut *self.requests.lock().unwrap())
