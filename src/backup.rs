@@ -16,12 +16,12 @@ use crate::catalog::{self, Catalog};
 use crate::config::Config;
 use crate::fetch::{FetchSettings, Fetched, Fetcher, Target, Unfetched};
 use crate::history::{self, Aside, History};
+use crate::keypath::RefuseReason;
 use crate::listing::{self, ListError, ObjectInfo};
 use crate::lock::{self, LockError, RunGuard};
-use crate::keypath::RefuseReason;
 use crate::plan::{Plan, Planner};
-use crate::signals::Stop;
 use crate::report::{Failed, Refused, Report, human_bytes};
+use crate::signals::Stop;
 
 /// Why a run could not start or go on at all (as opposed to per-object failures in the `Report`).
 #[derive(Debug, thiserror::Error)]
@@ -305,9 +305,9 @@ impl Pass {
         match plan {
             Plan::Unchanged => report.unchanged += 1,
             Plan::Folder => report.folders += 1,
-            Plan::Refused(
-                RefuseReason::IsDirOnDisk | RefuseReason::ParentNotDirOnDisk(_),
-            ) if self.defer_dir_conflicts && self.deferred.len() < DEFERRED_MAX => {
+            Plan::Refused(RefuseReason::IsDirOnDisk | RefuseReason::ParentNotDirOnDisk(_))
+                if self.defer_dir_conflicts && self.deferred.len() < DEFERRED_MAX =>
+            {
                 self.deferred.push(obj);
             }
             Plan::Refused(reason) => {
@@ -637,7 +637,7 @@ fn move_deleted(
             .is_some_and(|rel| catalog.get(&format!("{rel}/")).is_ok_and(|r| r.is_some()))
     };
     for d in &emptied {
-        dirs.extend(history::remove_empty_dirs(dest, d, &marked));
+        dirs.extend(history::remove_empty_dirs(dest, d, marked));
         dirs.push(d.clone());
     }
     dirs.sort();

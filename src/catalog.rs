@@ -171,9 +171,8 @@ impl Catalog {
             )
             .map_err(err)?;
         if !has_files {
-            return Err(err(rusqlite::Error::InvalidQuery).with_detail(
-                "holds no s3backup catalog (empty, truncated or another database)",
-            ));
+            return Err(err(rusqlite::Error::InvalidQuery)
+                .with_detail("holds no s3backup catalog (empty, truncated or another database)"));
         }
         Ok(Some(Catalog {
             conn: Arc::new(Mutex::new(conn)),

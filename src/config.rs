@@ -142,7 +142,11 @@ pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let shift = match unit.to_ascii_uppercase().trim_end_matches('B').trim_end_matches('I') {
+    let shift = match unit
+        .to_ascii_uppercase()
+        .trim_end_matches('B')
+        .trim_end_matches('I')
+    {
         "" => 0,
         "K" => 10,
         "M" => 20,
@@ -197,10 +201,14 @@ pub fn resolve_lenient(p: &Path) -> io::Result<PathBuf> {
             Err(_) => {
                 // None for a path ending in `..`: what it would name is unknown until it exists.
                 let name = existing.file_name().ok_or_else(|| {
-                    io::Error::other("cannot be resolved: a '..' below a folder that does not exist")
+                    io::Error::other(
+                        "cannot be resolved: a '..' below a folder that does not exist",
+                    )
                 })?;
                 rest.push(name.to_owned());
-                existing = existing.parent().ok_or_else(|| io::Error::other("no parent"))?;
+                existing = existing
+                    .parent()
+                    .ok_or_else(|| io::Error::other("no parent"))?;
             }
         }
     }
@@ -231,7 +239,17 @@ mod tests {
         assert_eq!(parse_size("10GiB"), Ok(10 << 30));
         assert_eq!(parse_size("1.5k"), Ok(1536));
         assert_eq!(parse_size("2TB"), Ok(2 << 40));
-        for bad in ["", "M", "-1", "10X", "1e3", "1.2.3G", "10 G B", "99999999999P", "5i"] {
+        for bad in [
+            "",
+            "M",
+            "-1",
+            "10X",
+            "1e3",
+            "1.2.3G",
+            "10 G B",
+            "99999999999P",
+            "5i",
+        ] {
             let e = parse_size(bad).unwrap_err().to_string();
             assert!(e.contains("--max-delete-bytes"), "{bad}: {e}");
         }

@@ -300,7 +300,10 @@ pub fn remove_empty_dirs(dest: &Path, dir: &Path, keep: impl Fn(&Path) -> bool) 
 fn probe_rename(dest: &Path, root: &Path) -> io::Result<()> {
     if let Ok(rd) = fs::read_dir(root) {
         for e in rd.flatten() {
-            if e.file_name().to_str().is_some_and(|n| n.starts_with(TEMP_PREFIX)) {
+            if e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(TEMP_PREFIX))
+            {
                 let _ = fs::remove_file(e.path());
             }
         }
@@ -351,7 +354,10 @@ mod tests {
         fs::create_dir_all(d.path().join("hist").join(&old).join("x")).unwrap();
         fs::create_dir_all(d.path().join("hist").join(format!("{old}-3"))).unwrap();
         fs::create_dir_all(d.path().join("hist/notes")).unwrap();
-        let mine = d.path().join("hist").join(format!("{old}-before-migration"));
+        let mine = d
+            .path()
+            .join("hist")
+            .join(format!("{old}-before-migration"));
         fs::create_dir_all(&mine).unwrap();
         fs::write(mine.join("keep.txt"), b"mine").unwrap();
         fs::create_dir_all(d.path().join("hist/202é101T000000Z")).unwrap();
@@ -375,7 +381,10 @@ mod tests {
         assert!(e.contains("--history-dir") && e.contains("--dest"), "{e}");
         let e = History::open(d.path(), &dest, now).unwrap_err();
         assert!(e.contains("neither inside"), "{e}");
-        assert!(!dest.join("h").exists(), "a refused history folder is not created");
+        assert!(
+            !dest.join("h").exists(),
+            "a refused history folder is not created"
+        );
         // A dangling symlink is named as one.
         let link = d.path().join("link");
         std::os::unix::fs::symlink(d.path().join("gone"), &link).unwrap();

@@ -126,9 +126,8 @@ pub struct Unfinished {
 /// and lets it go at once, so a running backup is never held up.
 pub fn unfinished(dir: &Path) -> Option<Unfinished> {
     let since = fs::metadata(dir.join("running")).ok()?.modified().ok()?;
-    let running = File::open(dir.join("lock")).is_ok_and(|f| {
-        matches!(f.try_lock_shared(), Err(fs::TryLockError::WouldBlock))
-    });
+    let running = File::open(dir.join("lock"))
+        .is_ok_and(|f| matches!(f.try_lock_shared(), Err(fs::TryLockError::WouldBlock)));
     Some(Unfinished { since, running })
 }
 

@@ -13,7 +13,7 @@ use crate::report::Report;
 
 /// The whole publish, credentials included: a CloudWatch endpoint that accepts the connection and never
 /// answers must not hold up the end of every run (nor a stopped run's exit).
-const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// What one run says to CloudWatch.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -93,8 +93,18 @@ pub async fn publish(config: &Config, namespace: &str, m: &RunMetrics) {
 async fn put(config: &Config, namespace: &str, m: &RunMetrics) -> Result<(), String> {
     let sdk = crate::s3::sdk_config(config).await;
     let region = crate::s3::region_or_fallback(config, &sdk).map_err(|e| e.to_string())?;
+    // Two attempts, each bounded: a dead endpoint is said as such well within PUBLISH_TIMEOUT.
     let cw = aws_sdk_cloudwatch::config::Builder::from(&sdk)
         .region(region.clone())
+        .retry_config(
+            aws_sdk_cloudwatch::config::retry::RetryConfig::standard().with_max_attempts(2),
+        )
+        .timeout_config(
+            aws_sdk_cloudwatch::config::timeout::TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .operation_attempt_timeout(Duration::from_secs(3))
+                .build(),
+        )
         .build();
     let endpoint = std::env::var("AWS_ENDPOINT_URL_CLOUDWATCH")
         .ok()

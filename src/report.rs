@@ -221,7 +221,11 @@ impl Report {
                 s,
                 "\nerror: {n} files are gone from the bucket, more than {} allows: {} moved to history (check the bucket and --prefix; raise the limit to accept)",
                 self.max_delete_limit,
-                if self.dry_run { "a real run would move none" } else { "none was" }
+                if self.dry_run {
+                    "a real run would move none"
+                } else {
+                    "none was"
+                }
             );
         }
         for r in self.refused.iter().take(limit) {

@@ -25,7 +25,10 @@ fn hist(s: &Scratch) -> Vec<String> {
 }
 
 fn with<'a>(a: &'a [String], b: &[&'a str]) -> Vec<&'a str> {
-    a.iter().map(String::as_str).chain(b.iter().copied()).collect()
+    a.iter()
+        .map(String::as_str)
+        .chain(b.iter().copied())
+        .collect()
 }
 
 /// `s3backup <sub> --dest D --state-dir S --json <extra>`.
@@ -89,7 +92,7 @@ fn u(j: &serde_json::Value, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("{field} in {j}"))
 }
 
-/// 1. Folder markers are no files for `--max-delete`: every file under markers gone is a mass deletion,
+/// Issue 22, 1: Folder markers are no files for `--max-delete`: every file under markers gone is a mass deletion,
 /// empty markers alone are none; `--max-delete-bytes` guards bytes the same way.
 #[test]
 fn max_delete_counts_files_and_bytes_never_folder_markers() {
@@ -106,7 +109,11 @@ fn max_delete_counts_files_and_bytes_never_folder_markers() {
     }
     let r = backup(&b, &s, &with(&h, &[]));
     assert_eq!(r.code(), 1, "{}", r.stderr());
-    assert_eq!(r.json()["max_delete_blocked"], 4, "4 of 4 files, not 4 of 8 rows");
+    assert_eq!(
+        r.json()["max_delete_blocked"],
+        4,
+        "4 of 4 files, not 4 of 8 rows"
+    );
     assert_eq!(tree(&s.dest).len(), 4, "nothing moved");
 
     // Only empty markers gone: never blocked, and counted as no deletion.
@@ -123,7 +130,11 @@ fn max_delete_counts_files_and_bytes_never_folder_markers() {
     }
     let r = backup(&b, &s, &with(&h, &[]));
     assert_eq!(r.code(), 0, "{}", r.stderr());
-    assert_eq!(u(&r.json(), "deleted_to_history"), 0, "markers keep nothing");
+    assert_eq!(
+        u(&r.json(), "deleted_to_history"),
+        0,
+        "markers keep nothing"
+    );
     assert!(!s.dest.join("m0").exists(), "the emptied marker folders go");
 
     // Bytes: 1 file of 10 is within 50%, but its 60 KB are over --max-delete-bytes 50K.
@@ -139,25 +150,31 @@ fn max_delete_counts_files_and_bytes_never_folder_markers() {
     let r = backup(&b, &s, &with(&h, &["--max-delete-bytes", "50K"]));
     assert_eq!(r.code(), 1, "{}", r.stderr());
     assert_eq!(r.json()["max_delete_blocked"], 1);
-    assert!(
-        r.stderr().contains("--max-delete-bytes"),
-        "{}",
-        r.stderr()
-    );
+    assert!(r.stderr().contains("--max-delete-bytes"), "{}", r.stderr());
     let r = backup(&b, &s, &with(&h, &["--max-delete-bytes", "1M"]));
     assert_eq!(r.code(), 0, "{}", r.stderr());
     assert_eq!(u(&r.json(), "deleted_to_history"), 1);
     let r = backup(&b, &s, &["--max-delete-bytes", "lots"]);
     assert_eq!(r.code(), 2);
-    assert!(r.stderr().contains("--max-delete-bytes \"lots\""), "{}", r.stderr());
+    assert!(
+        r.stderr().contains("--max-delete-bytes \"lots\""),
+        "{}",
+        r.stderr()
+    );
 }
 
-/// 2. Restore uploads only bytes it can vouch for: rot, a row marked damaged, a planted symlink (as the
+/// Issue 22, 2: Restore uploads only bytes it can vouch for: rot, a row marked damaged, a planted symlink (as the
 /// file or as a folder on its way) and a fifo are not uploaded; everything else is.
 #[test]
 fn restore_uploads_only_bytes_it_can_vouch_for() {
     let b = Bucket::new(Kind::Seaweed, "vouch-src");
-    for k in ["good.jpg", "rotten.jpg", "link.jpg", "sub/x.jpg", "fifo.jpg"] {
+    for k in [
+        "good.jpg",
+        "rotten.jpg",
+        "link.jpg",
+        "sub/x.jpg",
+        "fifo.jpg",
+    ] {
         b.put(k, &bytes(k.len() as u64, 3000));
     }
     let s = Scratch::new();
@@ -228,7 +245,7 @@ fn keys(v: &serde_json::Value) -> Vec<String> {
     k
 }
 
-/// 3 and 4. History holds only bytes the bucket held; damage marks clear when a verify finds the files
+/// Issue 22, 3 and 4: History holds only bytes the bucket held; damage marks clear when a verify finds the files
 /// intact; a re-fetch of identical bytes keeps nothing.
 #[test]
 fn history_keeps_versions_not_rot_and_damage_marks_clear() {
@@ -250,7 +267,11 @@ fn history_keeps_versions_not_rot_and_damage_marks_clear() {
     let r = backup(&b, &s, &with(&h, &[]));
     assert_eq!(r.code(), 0, "{}", r.stderr());
     let j = r.json();
-    assert_eq!((u(&j, "replaced_to_history"), u(&j, "repaired")), (1, 2), "{j}");
+    assert_eq!(
+        (u(&j, "replaced_to_history"), u(&j, "repaired")),
+        (1, 2),
+        "{j}"
+    );
     let kept: Vec<String> = history_files(&s).keys().cloned().collect();
     assert_eq!(kept.len(), 1, "{kept:?}");
     assert!(kept[0].ends_with("/plain.jpg"), "{kept:?}");
@@ -281,12 +302,16 @@ fn history_keeps_versions_not_rot_and_damage_marks_clear() {
     assert_eq!(r.code(), 0, "{}", r.stderr());
     let j = r.json();
     assert_eq!(u(&j, "downloaded"), 3);
-    assert_eq!((u(&j, "replaced_to_history"), u(&j, "repaired")), (0, 0), "{j}");
+    assert_eq!(
+        (u(&j, "replaced_to_history"), u(&j, "repaired")),
+        (0, 0),
+        "{j}"
+    );
     assert_eq!(history_files(&s), before);
     assert_eq!(sub(&s, "verify", &[]).code(), 0);
 }
 
-/// 5. An object that replaces a deleted prefix (or a deleted folder marker) is backed up in the same
+/// Issue 22, 5: An object that replaces a deleted prefix (or a deleted folder marker) is backed up in the same
 /// run: the folders the deletion emptied are removed first.
 #[test]
 fn an_object_replacing_a_deleted_prefix_is_backed_up() {
@@ -312,12 +337,15 @@ fn an_object_replacing_a_deleted_prefix_is_backed_up() {
     assert_eq!(r.code(), 0, "{}", r.stderr());
     assert_eq!(fs::read(s.dest.join("report")).unwrap(), b"now a file");
     assert_eq!(fs::read(s.dest.join("x")).unwrap(), b"also a file");
-    assert!(s.dest.join("keep").is_dir(), "a folder whose marker stays, stays");
+    assert!(
+        s.dest.join("keep").is_dir(),
+        "a folder whose marker stays, stays"
+    );
     let r = backup(&b, &s, &with(&h, &[]));
     assert_eq!((r.code(), u(&r.json(), "downloaded")), (0, 0));
 }
 
-/// 7. A deleted object's file that cannot be moved to history is a failure that names the history
+/// Issue 22, 7: A deleted object's file that cannot be moved to history is a failure that names the history
 /// path, and stays in --dest. (The history folder is nested so deep that the run folder's path is over
 /// PATH_MAX, while the destination's is not: a failure as real as a full disk, for root too.)
 #[test]
@@ -348,15 +376,25 @@ fn a_failed_move_to_history_fails_the_run_and_names_the_history_path() {
     let r = backup(&b, &s, &flag);
     assert_eq!(r.code(), 1, "{}", r.stderr());
     let j = r.json();
-    assert_eq!(j["failed"][0]["key"], "deep/a-much-longer-name-of-the-photo.jpg");
+    assert_eq!(
+        j["failed"][0]["key"],
+        "deep/a-much-longer-name-of-the-photo.jpg"
+    );
     let e = j["failed"][0]["error"].as_str().unwrap();
-    assert!(e.contains("to history") && e.contains(&h.to_str().unwrap()[..60]), "{e}");
-    assert!(s.dest.join("deep/a-much-longer-name-of-the-photo.jpg").exists());
+    assert!(
+        e.contains("to history") && e.contains(&h.to_str().unwrap()[..60]),
+        "{e}"
+    );
+    assert!(
+        s.dest
+            .join("deep/a-much-longer-name-of-the-photo.jpg")
+            .exists()
+    );
     let st = sub(&s, "status", &[]);
     assert_eq!(st.json()["last_run"]["exit_code"], 1, "{}", st.stdout());
 }
 
-/// 8 and 11. Pruning takes only folders named exactly as a run; a folder that only starts like one, or
+/// Issue 22, 8 and 11: Pruning takes only folders named exactly as a run; a folder that only starts like one, or
 /// a non-ASCII name, is left alone and panics nothing (backup and `restore --from-history`).
 #[test]
 fn pruning_takes_only_run_folders_and_odd_names_panic_nothing() {
@@ -365,24 +403,46 @@ fn pruning_takes_only_run_folders_and_odd_names_panic_nothing() {
     let s = Scratch::new();
     let h = history_dir(&s);
     fs::create_dir_all(h.join("20200101T000000Z-before-migration")).unwrap();
-    fs::write(h.join("20200101T000000Z-before-migration/keep.txt"), b"mine").unwrap();
+    fs::write(
+        h.join("20200101T000000Z-before-migration/keep.txt"),
+        b"mine",
+    )
+    .unwrap();
     fs::create_dir_all(h.join("202é101T000000Z")).unwrap();
     fs::create_dir_all(h.join("20200101T000000Z/x")).unwrap();
     fs::create_dir_all(h.join("20200101T000000Z-2")).unwrap();
     let r = backup(&b, &s, &with(&hist(&s), &["--keep-days", "30"]));
     assert_eq!(r.code(), 0, "{}", r.stderr());
     assert_eq!(u(&r.json(), "history_pruned_runs"), 2);
-    assert!(h.join("20200101T000000Z-before-migration/keep.txt").exists());
+    assert!(
+        h.join("20200101T000000Z-before-migration/keep.txt")
+            .exists()
+    );
     assert!(h.join("202é101T000000Z").exists());
     let into = Bucket::new(Kind::Seaweed, "prune-exact-dst");
-    for odd in ["202é101T000000Z", "20200101T000000Z-before-migration", "../x"] {
+    // A run folder that is a link is no run folder; a link inside a real one is refused, not followed.
+    let secret = s.root.path().join("secret");
+    fs::create_dir_all(&secret).unwrap();
+    fs::write(secret.join("pw"), b"not history").unwrap();
+    std::os::unix::fs::symlink(&secret, h.join("20261201T000000Z")).unwrap();
+    fs::create_dir_all(h.join("20261202T000000Z")).unwrap();
+    std::os::unix::fs::symlink(secret.join("pw"), h.join("20261202T000000Z/pw")).unwrap();
+    let r = restore_into(&s, &into, &["--from-history", "20261202T000000Z"]);
+    assert_eq!(r.code(), 1, "{}", r.stderr());
+    assert_eq!(keys(&r.json()["refused"]), ["pw"]);
+    for odd in [
+        "20261201T000000Z",
+        "202é101T000000Z",
+        "20200101T000000Z-before-migration",
+        "../x",
+    ] {
         let r = restore_into(&s, &into, &["--from-history", odd]);
         assert_eq!(r.code(), 2, "{odd}: {}", r.stderr());
         assert!(r.stderr().contains("--from-history"), "{}", r.stderr());
     }
 }
 
-/// 9 and 17. --state-dir inside --dest is refused; a refused --history-dir is not created; a dangling
+/// Issue 22, 9 and 17: --state-dir inside --dest is refused; a refused --history-dir is not created; a dangling
 /// symlink as --history-dir is named as one; --json names a missing required flag.
 #[test]
 fn bad_state_and_history_folders_are_refused_by_name() {
@@ -413,13 +473,16 @@ fn bad_state_and_history_folders_are_refused_by_name() {
     assert_eq!(r.code(), 2);
     assert!(r.stderr().contains("does not exist"), "{}", r.stderr());
 
-    let out = command(&s).args(["--json", "--dest", "/tmp/x"]).output().unwrap();
+    let out = command(&s)
+        .args(["--json", "--dest", "/tmp/x"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(j["error"].as_str().unwrap().contains("--bucket"), "{j}");
 }
 
-/// 12. verify goes on past a folder replaced by a file, and a catalog truncated to nothing is an error.
+/// Issue 22, 12: verify goes on past a folder replaced by a file, and a catalog truncated to nothing is an error.
 #[test]
 fn verify_goes_on_past_a_file_in_the_way_and_refuses_an_empty_catalog() {
     let b = Bucket::new(Kind::Seaweed, "verify-notdir");
@@ -449,9 +512,71 @@ fn verify_goes_on_past_a_file_in_the_way_and_refuses_an_empty_catalog() {
     let r = sub(&s, "verify", &[]);
     assert_eq!(r.code(), 2, "{}", r.stdout());
     assert!(r.stderr().contains("catalog.sqlite"), "{}", r.stderr());
+    // Restore says the same, once, rather than a failed entry with no key.
+    let into = Bucket::new(Kind::Seaweed, "verify-notdir-dst");
+    fs::write(&cat, bytes(9, 8192)).unwrap();
+    let r = restore_into(&s, &into, &["--dry-run"]);
+    assert_eq!(r.code(), 2, "{}", r.stdout());
+    assert!(r.stderr().contains("catalog.sqlite"), "{}", r.stderr());
 }
 
-/// 13. Restore: a missing bucket or wrong keys are one line and exit 2 before any key (a dry run too);
+/// A file adopted without a checksum (the catalog lost) that rotted before its first verify: the
+/// ETag, a plain MD5, tells it; the next backup fetches it again.
+#[test]
+fn verify_checks_an_adopted_file_against_its_md5_etag() {
+    let b = Bucket::new(Kind::Seaweed, "verify-md5");
+    b.put_md5_only("c.jpg", &bytes(3, 5000));
+    b.put_md5_only("d.jpg", &bytes(4, 5000));
+    let s = Scratch::new();
+    assert_eq!(backup(&b, &s, &[]).code(), 0);
+    let cat = walkdir::WalkDir::new(&s.state)
+        .into_iter()
+        .filter_map(Result::ok)
+        .find(|e| e.file_name() == "catalog.sqlite")
+        .unwrap()
+        .into_path();
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = fs::remove_file(format!("{}{suffix}", cat.display()));
+    }
+    rot(&s.dest.join("c.jpg"));
+    assert_eq!(u(&backup(&b, &s, &[]).json(), "unchanged"), 2, "adopted");
+    let r = sub(&s, "verify", &[]);
+    assert_eq!(r.code(), 1, "{}", r.stderr());
+    assert_eq!(r.json()["corrupt"], serde_json::json!(["c.jpg"]));
+    assert_eq!(u(&backup(&b, &s, &[]).json(), "downloaded"), 1);
+    assert_eq!(sub(&s, "verify", &[]).code(), 0);
+}
+
+/// A reader of stdout or stderr that is gone, or a full disk under them, does not turn a finished
+/// backup into a crash: the exit code is the run's, and the run record is written.
+#[test]
+fn a_closed_or_full_stdout_is_no_crash() {
+    let b = Bucket::new(Kind::Seaweed, "devfull");
+    b.put("a.jpg", b"a");
+    let s = Scratch::new();
+    let full = || fs::File::options().write(true).open("/dev/full").unwrap();
+    let mut cmd = command(&s);
+    cmd.args(["--bucket", &b.name, "--endpoint-url", &b.endpoint, "--json"])
+        .arg("--dest")
+        .arg(&s.dest)
+        .arg("--state-dir")
+        .arg(&s.state)
+        .stdout(full())
+        .stderr(full());
+    assert_eq!(cmd.status().unwrap().code(), Some(0));
+    let st = sub(&s, "status", &[]);
+    assert_eq!(st.code(), 0, "{}", st.stdout());
+    assert_eq!(st.json()["last_run"]["exit_code"], 0);
+    let mut cmd = command(&s);
+    cmd.args(["verify", "--json", "--dest"])
+        .arg(&s.dest)
+        .arg("--state-dir")
+        .arg(&s.state)
+        .stdout(full());
+    assert_eq!(cmd.status().unwrap().code(), Some(0));
+}
+
+/// Issue 22, 13: Restore: a missing bucket or wrong keys are one line and exit 2 before any key (a dry run too);
 /// restoring into the very bucket backed up finds multipart objects identical.
 #[test]
 fn restore_bucket_errors_are_one_line_and_the_source_bucket_is_identical() {
@@ -472,7 +597,13 @@ fn restore_bucket_errors_are_one_line_and_the_source_bucket_is_identical() {
     }
     let mut cmd = command(&s);
     cmd.env("AWS_SECRET_ACCESS_KEY", "wrong")
-        .args(["restore", "--bucket", &b.name, "--endpoint-url", &b.endpoint])
+        .args([
+            "restore",
+            "--bucket",
+            &b.name,
+            "--endpoint-url",
+            &b.endpoint,
+        ])
         .arg("--dest")
         .arg(&s.dest)
         .arg("--state-dir")
@@ -483,10 +614,13 @@ fn restore_bucket_errors_are_one_line_and_the_source_bucket_is_identical() {
 
     let r = restore_into(&s, &b, &[]);
     assert_eq!(r.code(), 0, "{}", r.stderr());
-    assert_eq!((u(&r.json(), "identical"), u(&r.json(), "uploaded")), (6, 0));
+    assert_eq!(
+        (u(&r.json(), "identical"), u(&r.json(), "uploaded")),
+        (6, 0)
+    );
 }
 
-/// 14. SIGTERM and SIGINT stop a run gracefully: exit 143/130, the run record says so, no temp file is
+/// Issue 22, 14: SIGTERM and SIGINT stop a run gracefully: exit 143/130, the run record says so, no temp file is
 /// left, and the next run converges. A CloudWatch endpoint that never answers costs seconds, not 30.
 #[test]
 fn a_signal_stops_the_run_with_a_record_and_the_next_run_converges() {
@@ -504,14 +638,20 @@ fn a_signal_stops_the_run_with_a_record_and_the_next_run_converges() {
             Arc::new(|| std::thread::sleep(Duration::from_secs(4))),
         );
         let mut cmd = command(&s);
-        cmd.args(["--bucket", &b.name, "--endpoint-url", &proxy.endpoint, "--json"])
-            .args(["--concurrency", "2"])
-            .arg("--dest")
-            .arg(&s.dest)
-            .arg("--state-dir")
-            .arg(&s.state)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args([
+            "--bucket",
+            &b.name,
+            "--endpoint-url",
+            &proxy.endpoint,
+            "--json",
+        ])
+        .args(["--concurrency", "2"])
+        .arg("--dest")
+        .arg(&s.dest)
+        .arg("--state-dir")
+        .arg(&s.state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
         let child = cmd.spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         while !proxy.peek().iter().any(|l| l.contains("p/05.jpg")) {
@@ -524,8 +664,16 @@ fn a_signal_stops_the_run_with_a_record_and_the_next_run_converges() {
         unsafe { libc::kill(child.id() as i32, sig) };
         let out = child.wait_with_output().unwrap();
         let took = sent.elapsed();
-        assert_eq!(out.status.code(), Some(code), "{}", String::from_utf8_lossy(&out.stderr));
-        assert!(took < Duration::from_secs(4), "stopped after {took:?}, not at once");
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            took < Duration::from_secs(4),
+            "stopped after {took:?}, not at once"
+        );
         let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(j["exit_code"], code);
         assert!(j["interrupted"].as_str().unwrap().starts_with("SIG"), "{j}");
@@ -534,7 +682,11 @@ fn a_signal_stops_the_run_with_a_record_and_the_next_run_converges() {
         let temps: Vec<_> = walkdir::WalkDir::new(&s.dest)
             .into_iter()
             .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_string_lossy().starts_with(".s3backup.tmp."))
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(".s3backup.tmp.")
+            })
             .collect();
         // A temp file of the abandoned download may outlive the process only in the blocking write
         // it was in; the next run sweeps it (the run left its in-progress marker).
@@ -559,17 +711,24 @@ fn a_signal_stops_the_run_with_a_record_and_the_next_run_converges() {
     });
     let s = Scratch::new();
     let mut cmd = command(&s);
-    cmd.env("AWS_ENDPOINT_URL_CLOUDWATCH", format!("http://127.0.0.1:{port}"))
-        .args(["--bucket", &b.name, "--endpoint-url", &b.endpoint])
-        .args(["--cloudwatch-namespace", "S3Backup/Test"])
-        .arg("--dest")
-        .arg(&s.dest)
-        .arg("--state-dir")
-        .arg(&s.state);
+    cmd.env(
+        "AWS_ENDPOINT_URL_CLOUDWATCH",
+        format!("http://127.0.0.1:{port}"),
+    )
+    .args(["--bucket", &b.name, "--endpoint-url", &b.endpoint])
+    .args(["--cloudwatch-namespace", "S3Backup/Test"])
+    .arg("--dest")
+    .arg(&s.dest)
+    .arg("--state-dir")
+    .arg(&s.state);
     let t = Instant::now();
     let out = cmd.output().unwrap();
     assert_eq!(out.status.code(), Some(0));
-    assert!(t.elapsed() < Duration::from_secs(20), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        t.elapsed()
+    );
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("could not publish"),
         "{}",
@@ -578,7 +737,7 @@ fn a_signal_stops_the_run_with_a_record_and_the_next_run_converges() {
     drop(hold);
 }
 
-/// 15 and 16. status keeps its verdict past a damaged last-run.json; a dry run says what the real run
+/// Issue 22, 15 and 16: status keeps its verdict past a damaged last-run.json; a dry run says what the real run
 /// would block, and its JSON has no `downloaded`.
 #[test]
 fn status_survives_a_damaged_record_and_a_dry_run_tells_the_block() {
@@ -598,7 +757,12 @@ fn status_survives_a_damaged_record_and_a_dry_run_tells_the_block() {
     fs::write(&record, b"{garbage").unwrap();
     let st = sub(&s, "status", &[]);
     assert_eq!(st.code(), 0, "{}", st.stderr());
-    assert!(st.json()["problems"][0].as_str().unwrap().contains("last-run.json"));
+    assert!(
+        st.json()["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("last-run.json")
+    );
 
     for i in 0..4 {
         delete(&b, &format!("{i}.jpg"));
@@ -609,13 +773,19 @@ fn status_survives_a_damaged_record_and_a_dry_run_tells_the_block() {
     assert_eq!(j["max_delete_blocked"], 4);
     assert!(j.get("downloaded").is_none(), "{j}");
     assert_eq!(j["would_download"], 0);
+    b.put("5.jpg", b"changed");
+    fs::create_dir_all(history_dir(&s).join("20200101T000000Z")).unwrap();
     let r = backup(&b, &s, &with(&h, &["--dry-run", "--max-delete", "100"]));
     assert_eq!(r.code(), 0, "{}", r.stderr());
-    assert_eq!(r.json()["would_delete_to_history"], 4);
+    let j = r.json();
+    assert_eq!(j["would_delete_to_history"], 4);
+    assert_eq!(j["would_replace_to_history"], 1);
+    assert_eq!(j["would_prune_runs"], 1);
+    assert!(history_dir(&s).join("20200101T000000Z").exists());
     assert_eq!(tree(&s.dest).len(), 6, "a dry run moves nothing");
 }
 
-/// 6. History on a bind mount of the disk that holds --dest: the same device number, yet rename(2)
+/// Issue 22, 6: History on a bind mount of the disk that holds --dest: the same device number, yet rename(2)
 /// fails with EXDEV. Refused at start, naming both.
 #[test]
 fn history_on_a_bind_mount_is_refused_at_start() {
