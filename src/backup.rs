@@ -93,12 +93,12 @@ pub async fn run(
     };
     let listing = list_and_fetch(config, client, &prep, &mut pass, stop, pb).await?;
     pass.drain(stop, pb).await;
-    if let Some(sig) = stop.caught() {
-        pass.report.interrupted = Some(sig);
-    } else {
+    if stop.caught().is_none() {
         reconcile(config, &prep, &mut pass, listing, stop, pb).await;
     }
     let mut report = pass.report;
+    // A stop during the reconciliation lets the deletions it began finish, and still says so.
+    report.interrupted = stop.caught();
     report.elapsed_seconds = started.elapsed().as_secs_f64();
     // Downloads end in any order; the report names archived keys in listing (byte) order.
     report.archived.sort_unstable();

@@ -789,21 +789,6 @@ fn status_survives_a_damaged_record_and_a_dry_run_tells_the_block() {
 /// fails with EXDEV. Refused at start, naming both.
 #[test]
 fn history_on_a_bind_mount_is_refused_at_start() {
-    if !Command::new("unshare")
-        .args(["-m", "true"])
-        .status()
-        .is_ok_and(|s| s.success())
-    {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
-            panic!("running as root, yet `unshare -m` failed: is util-linux installed?");
-        }
-        eprintln!(
-            "SKIPPED history_on_a_bind_mount_is_refused_at_start: needs root for a private mount \
-             namespace (`unshare -m`); CI runs it as root"
-        );
-        return;
-    }
     let b = Bucket::new(Kind::Seaweed, "bindmount");
     b.put("a.jpg", b"a");
     let s = Scratch::new();
@@ -818,25 +803,16 @@ set +e
 "$BIN" --bucket "$BUCKET" --endpoint-url "$EP" --dest "$DEST" --state-dir "$STATE" --history-dir "$BOUND"
 echo "exit=$?" >&2
 "#;
-    let base = command(&s);
-    let out = Command::new("unshare")
-        .args(["-m", "--propagation", "private", "sh", "-c", script])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap())
-        .envs(
-            base.get_envs()
-                .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))),
-        )
-        .env("BIN", env!("CARGO_BIN_EXE_s3backup"))
-        .env("BUCKET", &b.name)
-        .env("EP", &b.endpoint)
-        .env("DEST", &s.dest)
-        .env("STATE", &s.state)
-        .env("REAL", &real)
-        .env("BOUND", &bound)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let Some(r) = in_mount_namespace(
+        "history_on_a_bind_mount_is_refused_at_start",
+        &s,
+        &b,
+        script,
+        &[("REAL", &real), ("BOUND", &bound)],
+    ) else {
+        return;
+    };
+    let err = r.stderr();
     assert!(err.contains("exit=2"), "{err}");
     assert!(
         err.contains("--history-dir") && err.contains("--dest") && err.contains("same mount"),

@@ -371,6 +371,53 @@ pub fn command(scratch: &Scratch) -> Command {
     cmd
 }
 
+/// `sh -c script` in a private mount namespace (as root; the test's name is printed as SKIPPED, with the
+/// reason, where `unshare -m` is not allowed, as under the Nix builder, and `None` returned), with the
+/// binary's hermetic environment plus `BIN`, `BUCKET`, `EP`, `DEST`, `STATE` and `extra`.
+pub fn in_mount_namespace(
+    test: &str,
+    s: &Scratch,
+    b: &Bucket,
+    script: &str,
+    extra: &[(&str, &Path)],
+) -> Option<Run> {
+    if !Command::new("unshare")
+        .args(["-m", "true"])
+        .status()
+        .is_ok_and(|st| st.success())
+    {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            panic!("running as root, yet `unshare -m` failed: is util-linux installed?");
+        }
+        // The Nix builder and a developer's account: a skip that says why, never a silent pass.
+        eprintln!(
+            "SKIPPED {test}: needs root for a private mount namespace (`unshare -m`); CI runs it as root"
+        );
+        return None;
+    }
+    let base = command(s);
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-m", "--propagation", "private", "sh", "-c", script])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .envs(
+            base.get_envs()
+                .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))),
+        )
+        .env("BIN", base.get_program())
+        .env("BUCKET", &b.name)
+        .env("EP", &b.endpoint)
+        .env("DEST", &s.dest)
+        .env("STATE", &s.state);
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    Some(Run {
+        output: cmd.output().unwrap(),
+    })
+}
+
 /// Relative path → contents of every regular file under `dir` (empty when `dir` does not exist yet);
 /// fails on anything else but directories.
 pub fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
