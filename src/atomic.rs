@@ -313,8 +313,8 @@ fn make_durable(ready: Vec<Job>, catalog: Option<&Catalog>, history: Option<&His
         match job.staged.install() {
             Ok(dir) => installed.push((dir, aside, job.entry, job.done)),
             Err(e) => {
-                if let (Some(h), Aside::Kept(_)) = (history, &aside) {
-                    h.put_back(&target);
+                if let Some(h) = history {
+                    h.put_back(&target, &aside);
                 }
                 let _ = job.done.send(Err(e.into()));
             }
@@ -333,8 +333,8 @@ fn make_durable(ready: Vec<Job>, catalog: Option<&Catalog>, history: Option<&His
     let mut entries = Vec::new();
     for (dir, aside, entry, done) in installed {
         let r = match &aside {
-            Aside::Kept(kept) => sync_once(kept.clone()),
-            _ => Ok(()),
+            Aside::Kept(kept) | Aside::SetAside(kept) => sync_once(kept.clone()),
+            Aside::Nothing | Aside::Same => Ok(()),
         }
         .and_then(|()| sync_once(dir));
         if r.is_ok() {

@@ -417,7 +417,7 @@ async fn reconcile(
                 } else {
                     report.deleted_to_history = del.moved;
                 }
-                report.damaged_removed = del.damaged_removed;
+                report.deleted_changed_locally = del.set_aside;
                 report.max_delete_blocked = del.blocked;
                 report.failed.extend(del.failed);
             }
@@ -484,7 +484,7 @@ fn record(
             report.downloaded += 1;
             match f.aside {
                 Aside::Kept(_) => report.replaced_to_history += 1,
-                Aside::NotAVersion => report.repaired += 1,
+                Aside::SetAside(_) => report.repaired += 1,
                 Aside::Nothing | Aside::Same => {}
             }
             report.bytes_downloaded += f.bytes;
@@ -548,7 +548,7 @@ fn delete_limit_text(config: &Config) -> String {
 #[derive(Default)]
 struct Deletions {
     moved: u64,
-    damaged_removed: u64,
+    set_aside: u64,
     blocked: Option<u64>,
     failed: Vec<Failed>,
 }
@@ -556,7 +556,8 @@ struct Deletions {
 /// Move the files whose objects the complete listing no longer has to history, unless they are more
 /// than `limits` allow (a share of the backed-up files under `prefix`, their bytes): then none. Folder
 /// markers count for neither: a marker's row goes, and its folder with it when empty. A file that is no
-/// version the bucket held (damaged) is removed, not kept. Without a history (a dry run), only counts.
+/// version the bucket held (changed locally) is set aside, never removed. Without a history (a dry
+/// run), only counts.
 fn move_deleted(
     history: Option<&History>,
     catalog: &Catalog,
@@ -596,19 +597,11 @@ fn move_deleted(
                 dirs.push(dir);
                 out.moved += 1;
             }
-            Ok(Aside::NotAVersion) => match std::fs::remove_file(&path) {
-                Ok(()) => {
-                    tracing::warn!(key = ?e.key, "gone from the bucket, and its file was damaged: removed, not kept");
-                    out.damaged_removed += 1;
-                }
-                Err(err) => {
-                    out.failed.push(Failed {
-                        key: e.key.clone(),
-                        error: format!("removing the damaged file {}: {err}", path.display()),
-                    });
-                    continue;
-                }
-            },
+            Ok(Aside::SetAside(dir)) => {
+                tracing::warn!(key = ?e.key, "gone from the bucket, and its file was not as the backup wrote it: set aside in {}", dir.display());
+                dirs.push(dir);
+                out.set_aside += 1;
+            }
             Ok(Aside::Nothing | Aside::Same) => {}
             Err(err) => {
                 out.failed.push(Failed {

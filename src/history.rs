@@ -15,6 +15,10 @@ use crate::catalog::Entry;
 use crate::keypath::TEMP_PREFIX;
 use crate::runid;
 
+/// The suffix of a run's folder for files that were no version (see `Aside::SetAside`): pruned with
+/// the run, never restored from.
+pub const CHANGED_LOCALLY: &str = ".changed-locally";
+
 /// One run's history: where its moves go, created on the first one.
 #[derive(Debug)]
 pub struct History {
@@ -33,10 +37,12 @@ pub enum Aside {
     /// The old version, moved to this run's folder; the folder whose entries changed is to be made
     /// durable with the batch.
     Kept(PathBuf),
-    /// Not kept, as it is no version the bucket held: a file `verify` marked damaged, one whose size,
-    /// mtime or bytes differ from what the backup wrote (rot, a hand edit), or no regular file at all.
-    /// It is left to be replaced (or, for a deletion, removed): `repaired`.
-    NotAVersion,
+    /// No version the bucket held, yet never thrown away (it may be all that is left of the object, or
+    /// a user's edit): a file whose size or bytes differ from what the backup wrote (rot, a hand edit),
+    /// one `verify` marked damaged that has no checksum to clear it, or no regular file at all. Moved
+    /// to this run's `<run-id>.changed-locally` folder, where neither `restore` nor a later run takes
+    /// versions from; the folder whose entries changed is to be made durable with the batch.
+    SetAside(PathBuf),
     /// The same bytes as the new version (a damaged mark that was wrong, a re-fetch of what is there):
     /// nothing to keep.
     Same,
@@ -127,6 +133,11 @@ impl History {
     /// path. `Ok(None)` when there is nothing there. Returns the folder whose entries changed in history,
     /// to be made durable with the others of the batch.
     pub fn move_aside(&self, target: &Path) -> io::Result<Option<PathBuf>> {
+        self.move_into(target, &self.run_id)
+    }
+
+    /// `move_aside` into `<history>/<folder>` (this run's folder, or its `.changed-locally` twin).
+    fn move_into(&self, target: &Path, folder: &str) -> io::Result<Option<PathBuf>> {
         match fs::symlink_metadata(target) {
             Ok(m) if m.is_dir() => Err(io::Error::other(format!(
                 "{} is a directory",
@@ -136,7 +147,7 @@ impl History {
                 let rel = target
                     .strip_prefix(&self.dest)
                     .map_err(|_| io::Error::other("not under the destination"))?;
-                let to = self.root.join(&self.run_id).join(rel);
+                let to = self.root.join(folder).join(rel);
                 let parent = to.parent().expect("joined onto the run folder");
                 let named = |e: io::Error| {
                     io::Error::new(
@@ -157,9 +168,11 @@ impl History {
         }
     }
 
-    /// Keep the file at `target` as a version, if it is one: what the backup wrote (`row`: size, mtime,
-    /// and its CRC64NVME when recorded, read back now) and not the same bytes as the version that
-    /// replaces it (`new`). A file with no row (written before the catalog) is taken as it is.
+    /// Keep the file at `target` as a version, if it is one: what the backup wrote (`row`: its size, and
+    /// its CRC64NVME when recorded, read back now; without one, its mtime too) and not the same bytes as
+    /// the version that replaces it (`new`). A file with no row (written before the catalog) is taken as
+    /// it is. A file that is no version is set aside, never removed. A touched mtime alone does not make
+    /// a file with a checksum any less the version it was.
     pub fn keep_old(
         &self,
         target: &Path,
@@ -172,14 +185,14 @@ impl History {
             Err(e) => return Err(e),
         };
         if !meta.is_file() {
-            return Ok(Aside::NotAVersion);
+            return self.set_aside(target);
         }
         if let Some(row) = row {
-            let as_written = meta.len() == row.size
-                && (row.last_modified.is_none() || meta.modified().ok() == row.last_modified);
-            if !as_written {
-                return Ok(Aside::NotAVersion);
+            if meta.len() != row.size {
+                return self.set_aside(target);
             }
+            let same_mtime =
+                row.last_modified.is_none() || meta.modified().ok() == row.last_modified;
             let same_object = new.is_some_and(|n| n.etag.is_some() && n.etag == row.etag);
             match row.crc64nvme {
                 // The bytes decide, whatever a mark says (a verify while the volume was away marks
@@ -189,13 +202,13 @@ impl History {
                     let (got, len) =
                         crate::verify::crc64_of_reader(fs::File::open(target)?, &mut buf)?;
                     if got != want || len != row.size {
-                        return Ok(Aside::NotAVersion);
+                        return self.set_aside(target);
                     }
                     if same_object || new.is_some_and(|n| n.crc64nvme == Some(got)) {
                         return Ok(Aside::Same);
                     }
                 }
-                None if row.damaged => return Ok(Aside::NotAVersion),
+                None if row.damaged || !same_mtime => return self.set_aside(target),
                 None if same_object => return Ok(Aside::Same),
                 None => {}
             }
@@ -206,11 +219,24 @@ impl History {
         })
     }
 
-    /// Undo `move_aside` for `target` (its replacement could not be installed), best effort: should it
-    /// fail, the old version stays in history, which is still not a loss.
-    pub fn put_back(&self, target: &Path) {
+    fn set_aside(&self, target: &Path) -> io::Result<Aside> {
+        let folder = format!("{}{CHANGED_LOCALLY}", self.run_id);
+        Ok(match self.move_into(target, &folder)? {
+            Some(dir) => Aside::SetAside(dir),
+            None => Aside::Nothing,
+        })
+    }
+
+    /// Undo `keep_old` for `target` (its replacement could not be installed), best effort: should it
+    /// fail, the old file stays in history, which is still not a loss.
+    pub fn put_back(&self, target: &Path, aside: &Aside) {
+        let folder = match aside {
+            Aside::Kept(_) => self.run_id.clone(),
+            Aside::SetAside(_) => format!("{}{CHANGED_LOCALLY}", self.run_id),
+            Aside::Nothing | Aside::Same => return,
+        };
         if let Ok(rel) = target.strip_prefix(&self.dest) {
-            let _ = fs::rename(self.root.join(&self.run_id).join(rel), target);
+            let _ = fs::rename(self.root.join(folder).join(rel), target);
         }
     }
 
@@ -235,7 +261,8 @@ impl History {
     pub fn prune(&self, now: SystemTime, keep_days: u32) -> io::Result<Pruned> {
         let mut out = Pruned::default();
         for path in expired_runs(&self.root, now, keep_days)? {
-            if path.file_name().and_then(|n| n.to_str()) == Some(self.run_id.as_str()) {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name.strip_suffix(CHANGED_LOCALLY).unwrap_or(name) == self.run_id {
                 continue;
             }
             match fs::remove_dir_all(&path) {
@@ -266,7 +293,10 @@ pub fn expired_runs(root: &Path, now: SystemTime, keep_days: u32) -> io::Result<
     for entry in entries {
         let entry = entry?;
         let name = entry.file_name();
-        let Some(started) = name.to_str().and_then(runid::parse) else {
+        let run = name
+            .to_str()
+            .map(|n| n.strip_suffix(CHANGED_LOCALLY).unwrap_or(n));
+        let Some(started) = run.and_then(runid::parse) else {
             continue; // not ours: left alone
         };
         if started < cutoff && entry.file_type().is_ok_and(|t| t.is_dir()) {
@@ -361,7 +391,15 @@ mod tests {
         fs::create_dir_all(&mine).unwrap();
         fs::write(mine.join("keep.txt"), b"mine").unwrap();
         fs::create_dir_all(d.path().join("hist/202é101T000000Z")).unwrap();
-        assert_eq!(h.prune(now, 30).unwrap().removed, 2);
+        fs::create_dir_all(
+            d.path()
+                .join("hist")
+                .join(format!("{old}{CHANGED_LOCALLY}")),
+        )
+        .unwrap();
+        fs::create_dir_all(d.path().join("hist").join(format!("{old}.other"))).unwrap();
+        assert_eq!(h.prune(now, 30).unwrap().removed, 3);
+        assert!(d.path().join("hist").join(format!("{old}.other")).exists());
         assert_eq!(h.prune(now, 0).unwrap().removed, 0);
         assert!(mine.join("keep.txt").exists());
         assert!(d.path().join("hist/202é101T000000Z").exists());

@@ -236,10 +236,7 @@ fn restore_command(args: RestoreArgs) -> ExitCode {
             let r = runtime.block_on(restore::restore(&client, &source, &settings));
             say_err!("{}", r.human_summary(20));
             if json {
-                say_out!(
-                    "{}",
-                    serde_json::to_string(&r).expect("plain data serialises")
-                );
+                say_out!("{}", r.to_json());
             }
             if r.ok() { Exit::Ok } else { Exit::Partial }.into()
         }

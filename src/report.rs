@@ -77,11 +77,12 @@ pub struct Report {
     pub deleted_to_history: u64,
     /// With `--history-dir`: run folders older than `--keep-days` removed.
     pub history_pruned_runs: u64,
-    /// With `--history-dir`: replaced files that were no version of their object (marked damaged by
-    /// `verify`, or not as the backup wrote them: rot, an edit), so not kept in history.
+    /// With `--history-dir`: replaced files that were no version of their object (not as the backup
+    /// wrote them: rot, an edit; or marked damaged by `verify`), set aside in `<run-id>.changed-locally`
+    /// rather than kept as a version.
     pub repaired: u64,
-    /// With `--history-dir`: files of deleted objects that were likewise damaged, removed, not kept.
-    pub damaged_removed: u64,
+    /// With `--history-dir`: files of deleted objects that were likewise changed locally, set aside.
+    pub deleted_changed_locally: u64,
     /// With `--history-dir`: how many files a complete listing would have moved out of the destination
     /// when that was more than `--max-delete` allows (none was moved); null otherwise.
     pub max_delete_blocked: Option<u64>,
@@ -141,7 +142,7 @@ impl Report {
                 "deleted_to_history",
                 "history_pruned_runs",
                 "repaired",
-                "damaged_removed",
+                "deleted_changed_locally",
                 "stale_temp_files_removed",
                 "restore_requested",
             ] {
@@ -199,11 +200,11 @@ impl Report {
                 self.replaced_to_history, self.deleted_to_history
             );
         }
-        if self.repaired + self.damaged_removed > 0 {
+        if self.repaired + self.deleted_changed_locally > 0 {
             let _ = write!(
                 s,
-                "; damaged copies not kept as versions: {} repaired, {} of deleted objects removed",
-                self.repaired, self.damaged_removed
+                "; changed locally, set aside (not versions): {} repaired, {} of deleted objects",
+                self.repaired, self.deleted_changed_locally
             );
         }
         if let Some(sig) = self.interrupted {

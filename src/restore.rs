@@ -75,6 +75,25 @@ pub struct RestoreReport {
 }
 
 impl RestoreReport {
+    /// The JSON document: in a dry run, `would_upload` and `would_upload_bytes` take the place of
+    /// `uploaded` and `bytes_uploaded` (nothing was), as a backup's `would_download` does.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut doc = serde_json::to_value(self).expect("plain data serialises");
+        if self.dry_run
+            && let Some(map) = doc.as_object_mut()
+        {
+            for (done, would) in [
+                ("uploaded", "would_upload"),
+                ("bytes_uploaded", "would_upload_bytes"),
+            ] {
+                if let Some(v) = map.remove(done) {
+                    map.insert(would.into(), v);
+                }
+            }
+        }
+        doc
+    }
+
     pub fn ok(&self) -> bool {
         self.conflicts.is_empty()
             && self.failed.is_empty()

@@ -1852,7 +1852,8 @@ fn restore_round_trips_hostile_keys_into_an_empty_bucket() {
     let empty = Bucket::new(Kind::Moto, "restore-dst");
     let r = restore_run(&s, &empty, &["--dry-run"]);
     assert_eq!(r.code(), 0, "{}", r.stderr());
-    assert_eq!(r.json()["uploaded"], objs.len());
+    assert_eq!(r.json()["would_upload"], objs.len());
+    assert!(r.json().get("uploaded").is_none(), "{}", r.stdout());
     assert!(
         bucket_contents(&empty).is_empty(),
         "a dry run uploads nothing"

@@ -9,7 +9,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
 
@@ -272,10 +272,38 @@ fn history_keeps_versions_not_rot_and_damage_marks_clear() {
         (1, 2),
         "{j}"
     );
-    let kept: Vec<String> = history_files(&s).keys().cloned().collect();
-    assert_eq!(kept.len(), 1, "{kept:?}");
-    assert!(kept[0].ends_with("/plain.jpg"), "{kept:?}");
-    assert_eq!(history_files(&s)[&kept[0]], v1["plain.jpg"]);
+    // Only the plain file's old bytes are a version (in the run folder, where restore takes them);
+    // the rotten and the edited copies are set aside beside it, never lost.
+    let all = history_files(&s);
+    let versions: Vec<&String> = all
+        .keys()
+        .filter(|k| !k.contains(".changed-locally/"))
+        .collect();
+    assert_eq!(versions.len(), 1, "{all:?}");
+    assert!(versions[0].ends_with("/plain.jpg"), "{versions:?}");
+    assert_eq!(all[versions[0]], v1["plain.jpg"]);
+    let aside: BTreeMap<&str, &Vec<u8>> = all
+        .iter()
+        .filter_map(|(k, v)| Some((k.split_once(".changed-locally/")?.1, v)))
+        .collect();
+    assert_eq!(aside.len(), 2, "{all:?}");
+    assert_eq!(aside["edited.jpg"].as_slice(), b"a hand edit");
+    assert_ne!(aside["rotten.jpg"], &v1["rotten.jpg"]);
+    let run = versions[0].split('/').next().unwrap();
+    let into = Bucket::new(Kind::Seaweed, "hist-rot-dst");
+    let r = restore_into(&s, &into, &["--from-history", run]);
+    assert_eq!(
+        (r.code(), u(&r.json(), "uploaded")),
+        (0, 1),
+        "{}",
+        r.stdout()
+    );
+    let r = restore_into(
+        &s,
+        &into,
+        &["--from-history", &format!("{run}.changed-locally")],
+    );
+    assert_eq!(r.code(), 2, "no run folder: {}", r.stderr());
 
     // The volume "unmounted" during a verify: every row marked. Back, a verify clears them, and the
     // backup downloads nothing.
@@ -822,4 +850,56 @@ echo "exit=$?" >&2
         !s.dest.join("a.jpg").exists(),
         "nothing backed up into a run that cannot keep history"
     );
+}
+
+/// Issue 22 (the adversarial pass): the last copy of a deleted object is never thrown away. A file whose
+/// mtime was only touched is still its version; a hand-edited one is set aside; neither is lost.
+#[test]
+fn a_deleted_objects_last_copy_is_never_thrown_away() {
+    let b = Bucket::new(Kind::Seaweed, "last-copy");
+    for k in ["touched", "edited", "rotten", "a", "b", "c", "d", "e"] {
+        b.put(k, &bytes(k.len() as u64, 3000));
+    }
+    let s = Scratch::new();
+    let h = hist(&s);
+    assert_eq!(backup(&b, &s, &with(&h, &[])).code(), 0);
+    let original = tree(&s.dest);
+    fs::File::options()
+        .write(true)
+        .open(s.dest.join("touched"))
+        .unwrap()
+        .set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(978_307_200))
+        .unwrap();
+    let mut notes = original["edited"].clone();
+    notes.extend_from_slice(b"my notes");
+    fs::write(s.dest.join("edited"), &notes).unwrap();
+    rot(&s.dest.join("rotten"));
+    let rotten = fs::read(s.dest.join("rotten")).unwrap();
+    for k in ["touched", "edited", "rotten"] {
+        delete(&b, k);
+    }
+    let r = backup(&b, &s, &with(&h, &[]));
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let j = r.json();
+    assert_eq!(
+        (
+            u(&j, "deleted_to_history"),
+            u(&j, "deleted_changed_locally")
+        ),
+        (1, 2),
+        "{j}"
+    );
+    let all = history_files(&s);
+    let find = |name: &str| {
+        all.iter()
+            .find(|(k, _)| k.ends_with(&format!("/{name}")))
+            .unwrap_or_else(|| panic!("{name} lost: {all:?}"))
+    };
+    let (k, v) = find("touched");
+    assert!(!k.contains(".changed-locally"), "{k}");
+    assert_eq!(v, &original["touched"]);
+    let (k, v) = find("edited");
+    assert!(k.contains(".changed-locally/"), "{k}");
+    assert_eq!(v, &notes);
+    assert_eq!(find("rotten").1, &rotten);
 }
