@@ -85,8 +85,10 @@ start_seaweed() {
   local p flag optional known=()
   seaweed_probe || return 1
   read -r -a p <<<"$(free_ports 10)"
+  # -volume.max: each bucket is a collection that takes several volumes of its own, and the default
+  # (free disk / 128 MB) runs out after some 80 buckets on a small disk: the suite makes more.
   optional=(-admin.ui=false -admin.port="${p[7]}" -admin.port.grpc="${p[8]}" -webdav=false
-    -s3.port.iceberg=0 -s3.port.lance=0)
+    -s3.port.iceberg=0 -s3.port.lance=0 -volume.max=5000)
   for flag in "${optional[@]}"; do
     if grep -qxF -- "${flag%%=*}" <<<"$seaweed_flags"; then known+=("$flag"); fi
   done

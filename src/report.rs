@@ -332,4 +332,24 @@ mod tests {
         assert!(s.contains("3 more"));
         assert_eq!(human_bytes(1536), "1.5 KiB");
     }
+
+    #[test]
+    fn a_stopped_run_exits_with_its_signal_and_a_dry_run_says_what_it_would_do() {
+        let mut r = Report {
+            interrupted: Some(crate::signals::Signal::Term),
+            ..Report::default()
+        };
+        assert_eq!(r.exit(), Exit::Terminated);
+        assert_eq!(r.to_json()["interrupted"], "SIGTERM");
+        r.interrupted = Some(crate::signals::Signal::Int);
+        assert_eq!(r.exit() as u8, 130);
+        let dry = Report {
+            dry_run: true,
+            would_download: Some(2),
+            ..Report::default()
+        };
+        let j = dry.to_json();
+        assert_eq!(j["would_download"], 2);
+        assert!(j.get("downloaded").is_none() && j.get("deleted_to_history").is_none());
+    }
 }

@@ -623,3 +623,29 @@ async fn upload_parts(
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_caps_each_list_and_says_how_many_more() {
+        let mut r = RestoreReport::default();
+        for i in 0..5 {
+            r.failed.push(Failed {
+                key: format!("f{i}"),
+                error: "e".into(),
+            });
+            r.corrupt.push(format!("c{i}"));
+        }
+        let s = r.human_summary(2);
+        assert!(s.contains("failed \"f1\"") && !s.contains("\"f2\""), "{s}");
+        assert!(s.contains("... and 6 more"), "{s}");
+        assert!(!r.ok());
+        r.dry_run = true;
+        r.uploaded = 3;
+        let j = r.to_json();
+        assert_eq!(j["would_upload"], 3);
+        assert!(j.get("uploaded").is_none());
+    }
+}
