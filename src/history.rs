@@ -271,7 +271,8 @@ impl History {
             }
         }
         if out.removed > 0 {
-            crate::atomic::sync_dir(&self.root)?;
+            // (Not atomic::sync_dir: atomic depends on this module, not the other way round.)
+            fs::File::open(&self.root)?.sync_all()?;
         }
         Ok(out)
     }
