@@ -5,8 +5,16 @@ the parts of cloud-init the sandbox needs (write_files, runcmd), and check a cro
 Subcommands (all print to stdout, exit non-zero with a message on stderr when a check fails):
   render-userdata TEMPLATE [NAME=VALUE ...]   the decoded #cloud-config, ${...} substituted
   check-cloud-config FILE                     only keys that cloud-init 19.3 and 22.x both know
-  write-files FILE                            write each write_files entry (path, owner, permissions)
-  extract-file FILE PATH                      the content of the write_files entry for PATH
+  write-files FILE                            write each write_files entry (path, owner, permissions;
+                                              plain or gz+b64 content)
+  extract-file FILE PATH                      the (decoded) content of the write_files entry for PATH
+  embed-bootstrap TEMPLATE SCRIPT             put SCRIPT, gzip then base64, into the template's
+                                              gz+b64 write_files entry (rewrites TEMPLATE)
+  check-bootstrap TEMPLATE SCRIPT             that entry decodes to SCRIPT byte for byte
+  guard-view TEMPLATE OUT                     the template as JSON with that entry decoded in place
+                                              (plain 'content: |'), what the cfn-guard rules read
+  userdata-worst-case TEMPLATE                the UserData's raw size with every parameter (and
+                                              pseudo parameter and resource name) at its longest
   runcmd FILE                                 the runcmd entries as one shell script, like cloud-init
   check-crond FILE USER                       a valid cron.d file with one job for USER; prints its
                                               SHELL, PATH and command, one per line (NUL-free)
@@ -20,6 +28,7 @@ Subcommands (all print to stdout, exit non-zero with a message on stderr when a 
 
 import base64
 import copy
+import gzip
 import json
 import os
 import pwd
@@ -170,15 +179,24 @@ def check_cloud_config(path):
     print(f"{path}: top-level keys {sorted(doc)} all known to cloud-init 19.3")
 
 
+def wf_content(wf):
+    """The bytes of a write_files entry, decoded as cc_write_files does for the encodings we use."""
+    enc = wf.get("encoding")
+    content = wf.get("content", "")
+    if not enc:
+        return content.encode("utf-8")
+    if enc in ("gz+b64", "gzip+base64", "gz+base64", "gzip+b64"):
+        return gzip.decompress(base64.b64decode(content))
+    raise SystemExit(f"write-files: encoding {enc!r} is not supported here")
+
+
 def write_files(path):
-    """What cc_write_files does, for the entries we use (plain text content)."""
+    """What cc_write_files does, for the entries we use (plain or gz+b64 content)."""
     for wf in load_cloud_config(path).get("write_files", []):
-        if wf.get("encoding"):
-            raise SystemExit("write-files: encoded content is not supported here")
         target = wf["path"]
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        with open(target, "w", encoding="utf-8") as f:
-            f.write(wf.get("content", ""))
+        with open(target, "wb") as f:
+            f.write(wf_content(wf))
         user, _, group = wf.get("owner", "root:root").partition(":")
         os.chown(target, pwd.getpwnam(user).pw_uid, grp.getgrnam(group or user).gr_gid)
         os.chmod(target, int(wf.get("permissions", "0644"), 8))
@@ -189,7 +207,7 @@ def extract_file(path, target):
     """The content of the write_files entry for target."""
     for wf in load_cloud_config(path).get("write_files", []):
         if wf["path"] == target:
-            sys.stdout.write(wf.get("content", ""))
+            sys.stdout.buffer.write(wf_content(wf))
             return
     raise SystemExit(f"{path}: no write_files entry for {target}")
 
@@ -200,6 +218,99 @@ def runcmd_script(path):
     for cmd in load_cloud_config(path)["runcmd"]:
         lines.append(cmd if isinstance(cmd, str) else " ".join(shlex.quote(str(w)) for w in cmd))
     print("\n".join(lines))
+
+
+# ----------------------------------------------------------------------------- the embedded bootstrap
+# The one gz+b64 write_files entry of the UserData: "encoding: gz+b64" then "content: <base64>" on
+# the next line, both at the entry's indentation.
+EMBED_RE = re.compile(r"(\n(?P<ind> +)encoding: gz\+b64\n(?P=ind)content: )(?P<b64>[A-Za-z0-9+/=]+|PLACEHOLDER)\n")
+
+
+def _embedded(text):
+    ms = list(EMBED_RE.finditer(text))
+    if len(ms) != 1:
+        raise SystemExit(f"expected one 'encoding: gz+b64' write_files entry, found {len(ms)}")
+    return ms[0]
+
+
+def embed_bootstrap(template_path, script_path):
+    with open(template_path, encoding="utf-8") as f:
+        text = f.read()
+    with open(script_path, "rb") as f:
+        data = f.read()
+    b64 = base64.b64encode(gzip.compress(data, compresslevel=9, mtime=0)).decode()
+    m = _embedded(text)
+    text = text[:m.start("b64")] + b64 + text[m.end("b64"):]
+    with open(template_path, "w", encoding="utf-8") as f:
+        f.write(text)
+    print(f"{template_path}: {script_path} embedded ({len(data)} bytes, {len(b64)} as gz+b64)")
+
+
+def check_bootstrap(template_path, script_path):
+    with open(template_path, encoding="utf-8") as f:
+        m = _embedded(f.read())
+    with open(script_path, "rb") as f:
+        want = f.read()
+    try:
+        got = gzip.decompress(base64.b64decode(m.group("b64"), validate=True))
+    except Exception as e:  # noqa: BLE001 (any decoding error is the same finding)
+        raise SystemExit(f"{template_path}: the gz+b64 entry does not decode: {e}")
+    if got != want:
+        raise SystemExit(f"{template_path}: the embedded bootstrap differs from {script_path}; run "
+                         f"python3 cfn/tests/cfnhelp.py embed-bootstrap {template_path} {script_path}")
+    print(f"{template_path}: the embedded bootstrap is {script_path} ({len(want)} bytes)")
+
+
+def decoded_userdata(sub):
+    """The UserData Fn::Sub string with its gz+b64 entry decoded into a plain 'content: |' block."""
+    m = _embedded(sub)
+    script = gzip.decompress(base64.b64decode(m.group("b64"))).decode("utf-8")
+    ind = m.group("ind")
+    block = "".join(ind + "  " + line if line else line for line in script.splitlines(True))
+    return sub[:m.start()] + "\n" + ind + "content: |\n" + block + sub[m.end():]
+
+
+def guard_view(template_path, out):
+    t = load_template(template_path)
+    ud = t["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]
+    ud["Fn::Base64"]["Fn::Sub"] = decoded_userdata(ud["Fn::Base64"]["Fn::Sub"])
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump(t, f, indent=1)
+
+
+# What no parameter constraint bounds: the longest value each can take (CloudFormation's limits).
+LONGEST = {
+    "AWS::StackName": 128, "AWS::Region": 25, "AWS::Partition": 13, "AWS::AccountId": 12,
+    "AWS::URLSuffix": 20, "AWS::StackId": 150,
+    "ImagesBucket": 63,  # an S3 bucket name
+    "BackupVolume": 21,  # vol- and 17 hex digits
+}
+
+
+def userdata_worst_case(template_path):
+    """The raw UserData with every ${...} at its longest: String parameters at MaxLength (each
+    must have one), Number parameters at their widest MinValue/MaxValue, the rest from LONGEST."""
+    t = load_template(template_path)
+    sub = userdata_sub(t)
+    values = {}
+    for name in set(SUB_RE.findall(sub)):
+        if name.startswith("!"):
+            continue
+        p = t["Parameters"].get(name)
+        if p is None:
+            if name not in LONGEST:
+                raise SystemExit(f"UserData: no known longest value for ${{{name}}}")
+            values[name] = "x" * LONGEST[name]
+        elif p["Type"] == "Number":
+            values[name] = "9" * max(len(str(p["MinValue"])), len(str(p["MaxValue"])))
+        elif "MaxLength" in p:
+            values[name] = "x" * int(p["MaxLength"])
+        elif "AllowedValues" in p:
+            values[name] = max(map(str, p["AllowedValues"]), key=len)
+        else:
+            raise SystemExit(f"UserData: parameter {name} has no MaxLength: its UserData has no bound")
+    raw = fn_sub(sub, values).encode("utf-8")
+    print(len(raw))
 
 
 # ----------------------------------------------------------------------------- cron.d
@@ -685,6 +796,14 @@ def main(argv):
         write_files(args[0])
     elif cmd == "extract-file":
         extract_file(args[0], args[1])
+    elif cmd == "embed-bootstrap":
+        embed_bootstrap(args[0], args[1])
+    elif cmd == "check-bootstrap":
+        check_bootstrap(args[0], args[1])
+    elif cmd == "guard-view":
+        guard_view(args[0], args[1])
+    elif cmd == "userdata-worst-case":
+        userdata_worst_case(args[0])
     elif cmd == "runcmd":
         runcmd_script(args[0])
     elif cmd == "check-crond":
