@@ -466,6 +466,26 @@ def _snap_stmt(t, sid):
                 ["PolicyDocument"]["Statement"] if s.get("Sid") == sid)
 
 
+def _silence_m1(t):
+    return next(m for m in _alarm(t, "SilenceAlarm")["Metrics"] if "MetricStat" in m)
+
+
+def _silence_expr(t):
+    return next(m for m in _alarm(t, "SilenceAlarm")["Metrics"] if "Expression" in m)
+
+
+def _event_pattern(t):
+    return t["Resources"]["SnapshotFailureRule"]["Properties"]["EventPattern"]
+
+
+def _topic_stmts(t):
+    return t["Resources"]["AlertTopicPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+
+
+def _key_stmts(t):
+    return t["Resources"]["AlertKey"]["Properties"]["KeyPolicy"]["Statement"]
+
+
 def _no_volume(t):
     t["Resources"].pop("BackupVolume")
 
@@ -537,6 +557,12 @@ MUTANTS = [
     ("asg_waits_for_signal", "updates do not wait for signals",
      lambda t: _asg(t)["UpdatePolicy"]["AutoScalingRollingUpdate"].update(WaitOnResourceSignals=False)),
     ("asg_waits_for_signal", "no UpdatePolicy", lambda t: _asg(t).pop("UpdatePolicy")),
+    ("asg_waits_for_signal", "rolling updates suspend nothing",
+     lambda t: _asg(t)["UpdatePolicy"]["AutoScalingRollingUpdate"].pop("SuspendProcesses")),
+    ("asg_waits_for_signal", "rolling updates let health checks replace the instance",
+     lambda t: _asg(t)["UpdatePolicy"]["AutoScalingRollingUpdate"]["SuspendProcesses"].remove("HealthCheck")),
+    ("asg_waits_for_signal", "rolling updates let AZRebalance run",
+     lambda t: _asg(t)["UpdatePolicy"]["AutoScalingRollingUpdate"]["SuspendProcesses"].remove("AZRebalance")),
     ("backup_volume_kept", "no backup volume", _no_volume),
     ("backup_volume_kept", "DeletionPolicy Delete", lambda t: _vol(t).update(DeletionPolicy="Delete")),
     ("backup_volume_kept", "UpdateReplacePolicy Retain", lambda t: _vol(t).update(UpdateReplacePolicy="Retain")),
@@ -564,6 +590,24 @@ MUTANTS = [
      lambda t: _snap_stmt(t, "SnapshotTheBackupVolume").update(Resource="*")),
     ("dlm_role_least_privilege", "ec2:* for the snapshots",
      lambda t: _snap_stmt(t, "TagTheSnapshots").update(Action="ec2:*")),
+    ("dlm_role_least_privilege", "DLM's EventBridge actions on any rule",
+     lambda t: _snap_stmt(t, "DlmManagedEventRules").update(
+         Resource={"Fn::Sub": "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:rule/*"})),
+    ("dlm_role_least_privilege", "ec2:CopySnapshot from the managed policy",
+     lambda t: _snap_stmt(t, "SeeVolumesAndSnapshots")["Action"].append("ec2:CopySnapshot")),
+    ("recycle_bin_scoped", "a Recycle Bin rule for every snapshot in the region",
+     lambda t: t["Resources"]["SnapshotRecycleBin"]["Properties"].pop("ResourceTags")),
+    ("recycle_bin_scoped", "a Recycle Bin rule for another tag",
+     lambda t: t["Resources"]["SnapshotRecycleBin"]["Properties"]["ResourceTags"][0].update(
+         ResourceTagKey="app", ResourceTagValue="s3backup")),
+    ("recycle_bin_scoped", "the Recycle Bin rule without its condition",
+     lambda t: t["Resources"]["SnapshotRecycleBin"].pop("Condition")),
+    ("recycle_bin_scoped", "the condition true at 0",
+     lambda t: t["Conditions"].update(KeepsDeletedSnapshots={"Fn::Equals": [{"Ref": "RecycleBinDays"}, 0]})),
+    ("recycle_bin_scoped", "RecycleBinDays on by default",
+     lambda t: t["Parameters"]["RecycleBinDays"].update(Default=7)),
+    ("recycle_bin_scoped", "no Recycle Bin rule",
+     lambda t: t["Resources"].pop("SnapshotRecycleBin")),
     ("ec2_volumes_encrypted", "unencrypted root volume",
      lambda t: t["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"]
      ["BlockDeviceMappings"][0]["Ebs"].update(Encrypted=False)),
@@ -592,6 +636,9 @@ MUTANTS = [
     ("ec2_ami_from_ssm_parameter", "hard-coded AMI",
      lambda t: t["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"].update(
          ImageId="ami-0123456789abcdef0")),
+    ("ec2_ami_from_ssm_parameter", "default AMI still Amazon Linux 2",
+     lambda t: t["Parameters"]["AmiParameter"].update(
+         Default="/aws/service/ami-amazon-linux-latest/amzn2-ami-hvm-x86_64-gp2")),
     ("ec2_ami_from_ssm_parameter", "default instance type t3.large",
      lambda t: t["Parameters"]["InstanceType"].update(Default="t3.large")),
     ("iam_role_trusts_ec2_only", "trusts Lambda too",
@@ -676,16 +723,65 @@ MUTANTS = [
      lambda t: t["Resources"]["AlertTopic"]["Properties"].update(KmsMasterKeyId="alias/aws/sns")),
     ("alerts_backup_alarms", "silence alarm: missing data not breaching",
      lambda t: _alarm(t, "SilenceAlarm").update(TreatMissingData="notBreaching")),
-    ("alerts_backup_alarms", "silence alarm over an hour",
-     lambda t: _alarm(t, "SilenceAlarm").update(Period=3600)),
+    ("alerts_backup_alarms", "silence alarm: a 1-day period",
+     lambda t: _silence_m1(t)["MetricStat"].update(Period=86400)),
+    ("alerts_backup_alarms", "silence alarm: M < N (1 of SilenceHours datapoints)",
+     lambda t: _alarm(t, "SilenceAlarm").update(DatapointsToAlarm=1)),
+    ("alerts_backup_alarms", "silence alarm: a fixed 24 periods instead of SilenceHours",
+     lambda t: _alarm(t, "SilenceAlarm").update(EvaluationPeriods=24, DatapointsToAlarm=24)),
+    ("alerts_backup_alarms", "silence alarm: no FILL (an hour without a run is missing, not 0)",
+     lambda t: _silence_expr(t).update(Expression="m1")),
+    ("alerts_backup_alarms", "silence alarm: FILL with 1",
+     lambda t: _silence_expr(t).update(Expression="FILL(m1, 1)")),
+    ("alerts_backup_alarms", "silence alarm: m1 returned too",
+     lambda t: _silence_m1(t).update(ReturnData=True)),
+    ("alerts_backup_alarms", "silence alarm: the hour's Minimum",
+     lambda t: _silence_m1(t)["MetricStat"].update(Stat="Minimum")),
+    ("alerts_backup_alarms", "silence alarm: the old single-metric alarm (a day's Maximum, 1 of 1)",
+     lambda t: t["Resources"]["SilenceAlarm"].update(Properties=dict(
+         {k: v for k, v in _alarm(t, "SilenceAlarm").items()
+          if k not in ("Metrics", "EvaluationPeriods", "DatapointsToAlarm")},
+         Namespace={"Ref": "MetricsNamespace"}, MetricName="BackupSucceeded",
+         Dimensions=[{"Name": "Bucket", "Value": {"Ref": "ImagesBucket"}}], Statistic="Maximum",
+         Period=86400, EvaluationPeriods=1))),
+    ("alerts_backup_alarms", "silence alarm in a fixed namespace",
+     lambda t: _silence_m1(t)["MetricStat"]["Metric"].update(Namespace="S3Backup")),
+    ("alerts_backup_alarms", "SilenceHours up to 200 (over CloudWatch's 7 days)",
+     lambda t: t["Parameters"]["SilenceHours"].update(MaxValue=200)),
     ("alerts_backup_alarms", "no OK action",
      lambda t: _alarm(t, "FailedRunAlarm").pop("OKActions")),
     ("alerts_backup_alarms", "alarm on another metric",
      lambda t: _alarm(t, "FailedRunAlarm").update(MetricName="Errors")),
-    ("alerts_backup_alarms", "alarm in a fixed namespace",
-     lambda t: _alarm(t, "SilenceAlarm").update(Namespace="S3Backup")),
+    ("alerts_backup_alarms", "failed-run alarm in a fixed namespace",
+     lambda t: _alarm(t, "FailedRunAlarm").update(Namespace="S3Backup")),
     ("alerts_backup_alarms", "no failed-run alarm",
      lambda t: t["Resources"].pop("FailedRunAlarm")),
+    ("alerts_snapshot_failures", "no EventBridge rule",
+     lambda t: t["Resources"].pop("SnapshotFailureRule")),
+    ("alerts_snapshot_failures", "no failed-snapshot pattern",
+     lambda t: _event_pattern(t).update({"$or": _event_pattern(t)["$or"][:1]})),
+    ("alerts_snapshot_failures", "no DLM ERROR pattern",
+     lambda t: _event_pattern(t).update({"$or": _event_pattern(t)["$or"][1:]})),
+    ("alerts_snapshot_failures", "failed snapshots of any volume",
+     lambda t: _event_pattern(t)["$or"][1]["detail"].pop("source")),
+    ("alerts_snapshot_failures", "the rule targets something else",
+     lambda t: t["Resources"]["SnapshotFailureRule"]["Properties"]["Targets"][0].update(
+         Arn={"Fn::Sub": "arn:${AWS::Partition}:sns:${AWS::Region}:${AWS::AccountId}:other"})),
+    ("alerts_snapshot_failures", "the topic policy does not let EventBridge publish",
+     lambda t: _topic_stmts(t).remove(next(x for x in _topic_stmts(t)
+                                            if x["Principal"].get("Service") == "events.amazonaws.com"))),
+    ("alerts_snapshot_failures", "the topic policy lets any EventBridge rule publish",
+     lambda t: next(x for x in _topic_stmts(t)
+                    if x["Principal"].get("Service") == "events.amazonaws.com").pop("Condition")),
+    ("alerts_snapshot_failures", "the topic policy drops the alarms",
+     lambda t: _topic_stmts(t).remove(next(x for x in _topic_stmts(t)
+                                            if x["Principal"].get("Service") == "cloudwatch.amazonaws.com"))),
+    ("alerts_snapshot_failures", "the key does not let EventBridge use it",
+     lambda t: _key_stmts(t).remove(next(x for x in _key_stmts(t)
+                                          if x["Principal"].get("Service") == "events.amazonaws.com"))),
+    ("alerts_snapshot_failures", "the key's EventBridge statement has an aws:SourceAccount condition",
+     lambda t: next(x for x in _key_stmts(t) if x["Principal"].get("Service") == "events.amazonaws.com")
+     .update(Condition={"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}})),
     ("alerts_outputs", "no StatusCommand output", lambda t: t["Outputs"].pop("StatusCommand")),
     ("alerts_outputs", "backup-now command without the metrics namespace",
      lambda t: t["Outputs"]["BackupNowCommand"]["Value"].update({"Fn::Sub": t["Outputs"]["BackupNowCommand"]
@@ -715,6 +811,18 @@ MUTANTS = [
      lambda t: t["Parameters"]["BackupDir"].pop("AllowedPattern")),
     ("parameters_typed_and_grouped", "undescribed parameter",
      lambda t: t["Parameters"]["Schedule"].pop("Description")),
+    ("parameters_bounded", "BackupDir without MaxLength",
+     lambda t: t["Parameters"]["BackupDir"].pop("MaxLength")),
+    ("parameters_bounded", "ArtifactKey up to 1024",
+     lambda t: t["Parameters"]["ArtifactKey"].update(MaxLength=1024)),
+    ("parameters_bounded", "the old Schedule pattern (any five words)",
+     lambda t: t["Parameters"]["Schedule"].update(AllowedPattern="^[0-9A-Za-z*/,-]+( [0-9A-Za-z*/,-]+){4}$")),
+    ("parameters_bounded", "Schedule minutes up to 99",
+     lambda t: t["Parameters"]["Schedule"].update(AllowedPattern=t["Parameters"]["Schedule"]["AllowedPattern"]
+                                                  .replace("[0-5]?[0-9]", "[0-9]?[0-9]"))),
+    ("parameters_bounded", "Schedule weekday names in any case",
+     lambda t: t["Parameters"]["Schedule"].update(AllowedPattern=t["Parameters"]["Schedule"]["AllowedPattern"]
+                                                  .replace("|sun|", "|[A-Za-z]{3}|"))),
     ("artifact_pinned_by_sha256", "any string as SHA-256",
      lambda t: t["Parameters"]["ArtifactSha256"].update(AllowedPattern=".+")),
     ("outputs_for_the_operator", "no SSM command output",
@@ -750,6 +858,12 @@ MUTANTS = [
      _ud_replace("UUID=$uuid $MNT ext4", "$DEV $MNT ext4")),
     ("userdata_backup_volume", "mounted without nofail",
      _ud_replace("defaults,nofail,", "defaults,")),
+    ("userdata_backup_volume", "mount trusted without checking what is mounted (nofail)",
+     _ud_replace('[ "$(readlink -f "$src")" = "$DEV" ] || die', '[ "$(readlink -f "$src")" = "$DEV" ] || log')),
+    ("userdata_backup_volume", "no findmnt after mount",
+     _ud_replace('src=$(findmnt -n -o SOURCE --mountpoint "$MNT") || die', 'src=$DEV || die')),
+    ("userdata_backup_volume", "a failed chattr +i only logged",
+     _ud_replace('chattr +i "$MNT" || die', 'chattr +i "$MNT" || log')),
     ("userdata_backup_volume", "state on the root volume",
      _ud_replace('--state-dir "$STATE_DIR"', '--state-dir /var/lib/s3backup')),
 ]
@@ -758,6 +872,9 @@ MUTANTS = [
 def mutants(template_path, outdir):
     os.makedirs(outdir, exist_ok=True)
     base = load_template(template_path)
+    # What the rules read: the guard view (the embedded bootstrap decoded in place).
+    ud = base["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]
+    ud["Fn::Base64"]["Fn::Sub"] = decoded_userdata(ud["Fn::Base64"]["Fn::Sub"])
     with open(os.path.join(outdir, "00-unmutated.json"), "w", encoding="utf-8") as f:
         json.dump(base, f, indent=1)
     for i, (rule, what, fn) in enumerate(MUTANTS, 1):
