@@ -20,6 +20,9 @@ Subcommands (all print to stdout, exit non-zero with a message on stderr when a 
                                               SHELL, PATH and command, one per line (NUL-free)
   mutants TEMPLATE DIR                        write DIR/NN-<rule>.json, each breaking one guard rule,
                                               and DIR/00-unmutated.json; list them as rule<TAB>what
+  check-schedule-pattern TEMPLATE             Schedule's AllowedPattern accepts what cron runs and
+                                              refuses what it would not (good and bad schedules,
+                                              and every number around each field's range)
   template-value TEMPLATE PATH                a value of the template, e.g. Parameters.BackupUser.Default
   write-mbr FILE                              an MBR with one empty Linux partition (from sector 2048,
                                               64 MiB) at the start of FILE: a disk that is not blank and
@@ -335,6 +338,54 @@ def _check_field(i, field):
                     raise SystemExit(f"cron field {i + 1}: {v} outside {lo}-{hi}")
             elif not ((i == 3 and v.lower() in MONTHS) or (i == 4 and v.lower() in DAYS)):
                 raise SystemExit(f"cron field {i + 1}: {v!r} is not a number or name")
+
+
+GOOD_SCHEDULES = [
+    "17 3 * * *", "*/15 1-5 * * mon-fri", "* * * * *", "0 0 1 jan *", "59 23 31 12 7", "0 0 * * 0",
+    "5,35 */2 1-15/3 1-12 0-7", "00 05 01 01 0", "0-59/5 0-23/2 1-31/10 jan-dec/2 sun-sat",
+    "30 4 1,15 * 5", "0 22 * * 1-5", "23 0-20/2 * * *", "0 0 * feb,aug sun",
+]
+BAD_SCHEDULES = [
+    "99 * * * *", "60 * * * *", "* 24 * * *", "* * 0 * *", "* * 32 * *", "* * * 0 *", "* * * 13 *",
+    "* * * * 8", "*/0 * * * *", "5/10 * * * *", "* * * * Mon", "* * * JAN *", "* * * *",
+    "* * * * * *", "*  * * * *", "@daily", "1,,2 * * * *", ",1 * * * *", "1, * * * *",
+    "* * * * sunday", "1-2-3 * * * *", "-1 * * * *", "*/100 * * * *", " * * * * *", "* * * * * ",
+    "a * * * *", "* * * * mon-", "** * * * *", "*/ * * * *", "17 3 * * *\n", "17\t3 * * *",
+    "17 3 * * 1 echo", "* * L * *", "* * * * 5#3", "? * * * *",
+]
+
+
+def check_schedule_pattern(template_path):
+    p = load_template(template_path)["Parameters"]["Schedule"]
+    pat = re.compile(p["AllowedPattern"])
+    full = lambda v: pat.search(v) is not None and len(v) <= int(p["MaxLength"])  # noqa: E731
+    bad = [g for g in GOOD_SCHEDULES if not full(g)]
+    bad += [f"accepted: {b!r}" for b in BAD_SCHEDULES if full(b)]
+    if not full(p["Default"]):
+        bad.append(f"the default {p['Default']!r} is refused")
+    # Every number from one below to one above each field's range, alone and as a range's end,
+    # against cron's own ranges; and the good schedules through cron.d's field checker.
+    n = 0
+    for i, (lo, hi) in enumerate(CRON_RANGES):
+        for v in range(max(lo - 1, 0), hi + 2):
+            for field in (str(v), f"{lo}-{v}", f"{v}-{hi}/2"):
+                fields = ["*"] * 5
+                fields[i] = field
+                sched = " ".join(fields)
+                want = lo <= v <= hi
+                n += 1
+                if full(sched) != want:
+                    bad.append(f"{sched!r}: pattern says {full(sched)}, cron's range {lo}-{hi} says {want}")
+    for g in GOOD_SCHEDULES:
+        try:
+            for i, f in enumerate(g.split(" ")):
+                _check_field(i, f)
+        except SystemExit as e:
+            bad.append(f"{g!r} (a good schedule) fails the cron.d checker: {e}")
+    if bad:
+        raise SystemExit("Schedule's AllowedPattern:\n  " + "\n  ".join(bad))
+    print(f"Schedule's AllowedPattern: {len(GOOD_SCHEDULES)} good accepted, {len(BAD_SCHEDULES)} bad "
+          f"refused, {n} field values agree with cron's ranges")
 
 
 def check_crond(path, user):
@@ -927,6 +978,8 @@ def main(argv):
         check_crond(args[0], args[1])
     elif cmd == "mutants":
         mutants(args[0], args[1])
+    elif cmd == "check-schedule-pattern":
+        check_schedule_pattern(args[0])
     elif cmd == "template-value":
         template_value(args[0], args[1])
     elif cmd == "write-mbr":
