@@ -5,13 +5,24 @@ the parts of cloud-init the sandbox needs (write_files, runcmd), and check a cro
 Subcommands (all print to stdout, exit non-zero with a message on stderr when a check fails):
   render-userdata TEMPLATE [NAME=VALUE ...]   the decoded #cloud-config, ${...} substituted
   check-cloud-config FILE                     only keys that cloud-init 19.3 and 22.x both know
-  write-files FILE                            write each write_files entry (path, owner, permissions)
-  extract-file FILE PATH                      the content of the write_files entry for PATH
+  write-files FILE                            write each write_files entry (path, owner, permissions;
+                                              plain or gz+b64 content)
+  extract-file FILE PATH                      the (decoded) content of the write_files entry for PATH
+  embed-bootstrap TEMPLATE SCRIPT             put SCRIPT, gzip then base64, into the template's
+                                              gz+b64 write_files entry (rewrites TEMPLATE)
+  check-bootstrap TEMPLATE SCRIPT             that entry decodes to SCRIPT byte for byte
+  guard-view TEMPLATE OUT                     the template as JSON with that entry decoded in place
+                                              (plain 'content: |'), what the cfn-guard rules read
+  userdata-worst-case TEMPLATE                the UserData's raw size with every parameter (and
+                                              pseudo parameter and resource name) at its longest
   runcmd FILE                                 the runcmd entries as one shell script, like cloud-init
   check-crond FILE USER                       a valid cron.d file with one job for USER; prints its
                                               SHELL, PATH and command, one per line (NUL-free)
   mutants TEMPLATE DIR                        write DIR/NN-<rule>.json, each breaking one guard rule,
                                               and DIR/00-unmutated.json; list them as rule<TAB>what
+  check-schedule-pattern TEMPLATE             Schedule's AllowedPattern accepts what cron runs and
+                                              refuses what it would not (good and bad schedules,
+                                              and every number around each field's range)
   template-value TEMPLATE PATH                a value of the template, e.g. Parameters.BackupUser.Default
   write-mbr FILE                              an MBR with one empty Linux partition (from sector 2048,
                                               64 MiB) at the start of FILE: a disk that is not blank and
@@ -20,6 +31,7 @@ Subcommands (all print to stdout, exit non-zero with a message on stderr when a 
 
 import base64
 import copy
+import gzip
 import json
 import os
 import pwd
@@ -170,15 +182,24 @@ def check_cloud_config(path):
     print(f"{path}: top-level keys {sorted(doc)} all known to cloud-init 19.3")
 
 
+def wf_content(wf):
+    """The bytes of a write_files entry, decoded as cc_write_files does for the encodings we use."""
+    enc = wf.get("encoding")
+    content = wf.get("content", "")
+    if not enc:
+        return content.encode("utf-8")
+    if enc in ("gz+b64", "gzip+base64", "gz+base64", "gzip+b64"):
+        return gzip.decompress(base64.b64decode(content))
+    raise SystemExit(f"write-files: encoding {enc!r} is not supported here")
+
+
 def write_files(path):
-    """What cc_write_files does, for the entries we use (plain text content)."""
+    """What cc_write_files does, for the entries we use (plain or gz+b64 content)."""
     for wf in load_cloud_config(path).get("write_files", []):
-        if wf.get("encoding"):
-            raise SystemExit("write-files: encoded content is not supported here")
         target = wf["path"]
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        with open(target, "w", encoding="utf-8") as f:
-            f.write(wf.get("content", ""))
+        with open(target, "wb") as f:
+            f.write(wf_content(wf))
         user, _, group = wf.get("owner", "root:root").partition(":")
         os.chown(target, pwd.getpwnam(user).pw_uid, grp.getgrnam(group or user).gr_gid)
         os.chmod(target, int(wf.get("permissions", "0644"), 8))
@@ -189,7 +210,7 @@ def extract_file(path, target):
     """The content of the write_files entry for target."""
     for wf in load_cloud_config(path).get("write_files", []):
         if wf["path"] == target:
-            sys.stdout.write(wf.get("content", ""))
+            sys.stdout.buffer.write(wf_content(wf))
             return
     raise SystemExit(f"{path}: no write_files entry for {target}")
 
@@ -200,6 +221,99 @@ def runcmd_script(path):
     for cmd in load_cloud_config(path)["runcmd"]:
         lines.append(cmd if isinstance(cmd, str) else " ".join(shlex.quote(str(w)) for w in cmd))
     print("\n".join(lines))
+
+
+# ----------------------------------------------------------------------------- the embedded bootstrap
+# The one gz+b64 write_files entry of the UserData: "encoding: gz+b64" then "content: <base64>" on
+# the next line, both at the entry's indentation.
+EMBED_RE = re.compile(r"(\n(?P<ind> +)encoding: gz\+b64\n(?P=ind)content: )(?P<b64>[A-Za-z0-9+/=]+|PLACEHOLDER)\n")
+
+
+def _embedded(text):
+    ms = list(EMBED_RE.finditer(text))
+    if len(ms) != 1:
+        raise SystemExit(f"expected one 'encoding: gz+b64' write_files entry, found {len(ms)}")
+    return ms[0]
+
+
+def embed_bootstrap(template_path, script_path):
+    with open(template_path, encoding="utf-8") as f:
+        text = f.read()
+    with open(script_path, "rb") as f:
+        data = f.read()
+    b64 = base64.b64encode(gzip.compress(data, compresslevel=9, mtime=0)).decode()
+    m = _embedded(text)
+    text = text[:m.start("b64")] + b64 + text[m.end("b64"):]
+    with open(template_path, "w", encoding="utf-8") as f:
+        f.write(text)
+    print(f"{template_path}: {script_path} embedded ({len(data)} bytes, {len(b64)} as gz+b64)")
+
+
+def check_bootstrap(template_path, script_path):
+    with open(template_path, encoding="utf-8") as f:
+        m = _embedded(f.read())
+    with open(script_path, "rb") as f:
+        want = f.read()
+    try:
+        got = gzip.decompress(base64.b64decode(m.group("b64"), validate=True))
+    except Exception as e:  # noqa: BLE001 (any decoding error is the same finding)
+        raise SystemExit(f"{template_path}: the gz+b64 entry does not decode: {e}")
+    if got != want:
+        raise SystemExit(f"{template_path}: the embedded bootstrap differs from {script_path}; run "
+                         f"python3 cfn/tests/cfnhelp.py embed-bootstrap {template_path} {script_path}")
+    print(f"{template_path}: the embedded bootstrap is {script_path} ({len(want)} bytes)")
+
+
+def decoded_userdata(sub):
+    """The UserData Fn::Sub string with its gz+b64 entry decoded into a plain 'content: |' block."""
+    m = _embedded(sub)
+    script = gzip.decompress(base64.b64decode(m.group("b64"))).decode("utf-8")
+    ind = m.group("ind")
+    block = "".join(ind + "  " + line if line else line for line in script.splitlines(True))
+    return sub[:m.start()] + "\n" + ind + "content: |\n" + block + sub[m.end():]
+
+
+def guard_view(template_path, out):
+    t = load_template(template_path)
+    ud = t["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]
+    ud["Fn::Base64"]["Fn::Sub"] = decoded_userdata(ud["Fn::Base64"]["Fn::Sub"])
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump(t, f, indent=1)
+
+
+# What no parameter constraint bounds: the longest value each can take (CloudFormation's limits).
+LONGEST = {
+    "AWS::StackName": 128, "AWS::Region": 25, "AWS::Partition": 13, "AWS::AccountId": 12,
+    "AWS::URLSuffix": 20, "AWS::StackId": 150,
+    "ImagesBucket": 63,  # an S3 bucket name
+    "BackupVolume": 21,  # vol- and 17 hex digits
+}
+
+
+def userdata_worst_case(template_path):
+    """The raw UserData with every ${...} at its longest: String parameters at MaxLength (each
+    must have one), Number parameters at their widest MinValue/MaxValue, the rest from LONGEST."""
+    t = load_template(template_path)
+    sub = userdata_sub(t)
+    values = {}
+    for name in set(SUB_RE.findall(sub)):
+        if name.startswith("!"):
+            continue
+        p = t["Parameters"].get(name)
+        if p is None:
+            if name not in LONGEST:
+                raise SystemExit(f"UserData: no known longest value for ${{{name}}}")
+            values[name] = "x" * LONGEST[name]
+        elif p["Type"] == "Number":
+            values[name] = "9" * max(len(str(p["MinValue"])), len(str(p["MaxValue"])))
+        elif "MaxLength" in p:
+            values[name] = "x" * int(p["MaxLength"])
+        elif "AllowedValues" in p:
+            values[name] = max(map(str, p["AllowedValues"]), key=len)
+        else:
+            raise SystemExit(f"UserData: parameter {name} has no MaxLength: its UserData has no bound")
+    raw = fn_sub(sub, values).encode("utf-8")
+    print(len(raw))
 
 
 # ----------------------------------------------------------------------------- cron.d
@@ -224,6 +338,54 @@ def _check_field(i, field):
                     raise SystemExit(f"cron field {i + 1}: {v} outside {lo}-{hi}")
             elif not ((i == 3 and v.lower() in MONTHS) or (i == 4 and v.lower() in DAYS)):
                 raise SystemExit(f"cron field {i + 1}: {v!r} is not a number or name")
+
+
+GOOD_SCHEDULES = [
+    "17 3 * * *", "*/15 1-5 * * mon-fri", "* * * * *", "0 0 1 jan *", "59 23 31 12 7", "0 0 * * 0",
+    "5,35 */2 1-15/3 1-12 0-7", "00 05 01 01 0", "0-59/5 0-23/2 1-31/10 jan-dec/2 sun-sat",
+    "30 4 1,15 * 5", "0 22 * * 1-5", "23 0-20/2 * * *", "0 0 * feb,aug sun",
+]
+BAD_SCHEDULES = [
+    "99 * * * *", "60 * * * *", "* 24 * * *", "* * 0 * *", "* * 32 * *", "* * * 0 *", "* * * 13 *",
+    "* * * * 8", "*/0 * * * *", "5/10 * * * *", "* * * * Mon", "* * * JAN *", "* * * *",
+    "* * * * * *", "*  * * * *", "@daily", "1,,2 * * * *", ",1 * * * *", "1, * * * *",
+    "* * * * sunday", "1-2-3 * * * *", "-1 * * * *", "*/100 * * * *", " * * * * *", "* * * * * ",
+    "a * * * *", "* * * * mon-", "** * * * *", "*/ * * * *", "17 3 * * *\n", "17\t3 * * *",
+    "17 3 * * 1 echo", "* * L * *", "* * * * 5#3", "? * * * *",
+]
+
+
+def check_schedule_pattern(template_path):
+    p = load_template(template_path)["Parameters"]["Schedule"]
+    pat = re.compile(p["AllowedPattern"])
+    full = lambda v: pat.search(v) is not None and len(v) <= int(p["MaxLength"])  # noqa: E731
+    bad = [g for g in GOOD_SCHEDULES if not full(g)]
+    bad += [f"accepted: {b!r}" for b in BAD_SCHEDULES if full(b)]
+    if not full(p["Default"]):
+        bad.append(f"the default {p['Default']!r} is refused")
+    # Every number from one below to one above each field's range, alone and as a range's end,
+    # against cron's own ranges; and the good schedules through cron.d's field checker.
+    n = 0
+    for i, (lo, hi) in enumerate(CRON_RANGES):
+        for v in range(max(lo - 1, 0), hi + 2):
+            for field in (str(v), f"{lo}-{v}", f"{v}-{hi}/2"):
+                fields = ["*"] * 5
+                fields[i] = field
+                sched = " ".join(fields)
+                want = lo <= v <= hi
+                n += 1
+                if full(sched) != want:
+                    bad.append(f"{sched!r}: pattern says {full(sched)}, cron's range {lo}-{hi} says {want}")
+    for g in GOOD_SCHEDULES:
+        try:
+            for i, f in enumerate(g.split(" ")):
+                _check_field(i, f)
+        except SystemExit as e:
+            bad.append(f"{g!r} (a good schedule) fails the cron.d checker: {e}")
+    if bad:
+        raise SystemExit("Schedule's AllowedPattern:\n  " + "\n  ".join(bad))
+    print(f"Schedule's AllowedPattern: {len(GOOD_SCHEDULES)} good accepted, {len(BAD_SCHEDULES)} bad "
+          f"refused, {n} field values agree with cron's ranges")
 
 
 def check_crond(path, user):
@@ -355,6 +517,26 @@ def _snap_stmt(t, sid):
                 ["PolicyDocument"]["Statement"] if s.get("Sid") == sid)
 
 
+def _silence_m1(t):
+    return next(m for m in _alarm(t, "SilenceAlarm")["Metrics"] if "MetricStat" in m)
+
+
+def _silence_expr(t):
+    return next(m for m in _alarm(t, "SilenceAlarm")["Metrics"] if "Expression" in m)
+
+
+def _event_pattern(t):
+    return t["Resources"]["SnapshotFailureRule"]["Properties"]["EventPattern"]
+
+
+def _topic_stmts(t):
+    return t["Resources"]["AlertTopicPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+
+
+def _key_stmts(t):
+    return t["Resources"]["AlertKey"]["Properties"]["KeyPolicy"]["Statement"]
+
+
 def _no_volume(t):
     t["Resources"].pop("BackupVolume")
 
@@ -426,6 +608,12 @@ MUTANTS = [
     ("asg_waits_for_signal", "updates do not wait for signals",
      lambda t: _asg(t)["UpdatePolicy"]["AutoScalingRollingUpdate"].update(WaitOnResourceSignals=False)),
     ("asg_waits_for_signal", "no UpdatePolicy", lambda t: _asg(t).pop("UpdatePolicy")),
+    ("asg_waits_for_signal", "rolling updates suspend nothing",
+     lambda t: _asg(t)["UpdatePolicy"]["AutoScalingRollingUpdate"].pop("SuspendProcesses")),
+    ("asg_waits_for_signal", "rolling updates let health checks replace the instance",
+     lambda t: _asg(t)["UpdatePolicy"]["AutoScalingRollingUpdate"]["SuspendProcesses"].remove("HealthCheck")),
+    ("asg_waits_for_signal", "rolling updates let AZRebalance run",
+     lambda t: _asg(t)["UpdatePolicy"]["AutoScalingRollingUpdate"]["SuspendProcesses"].remove("AZRebalance")),
     ("backup_volume_kept", "no backup volume", _no_volume),
     ("backup_volume_kept", "DeletionPolicy Delete", lambda t: _vol(t).update(DeletionPolicy="Delete")),
     ("backup_volume_kept", "UpdateReplacePolicy Retain", lambda t: _vol(t).update(UpdateReplacePolicy="Retain")),
@@ -453,6 +641,24 @@ MUTANTS = [
      lambda t: _snap_stmt(t, "SnapshotTheBackupVolume").update(Resource="*")),
     ("dlm_role_least_privilege", "ec2:* for the snapshots",
      lambda t: _snap_stmt(t, "TagTheSnapshots").update(Action="ec2:*")),
+    ("dlm_role_least_privilege", "DLM's EventBridge actions on any rule",
+     lambda t: _snap_stmt(t, "DlmManagedEventRules").update(
+         Resource={"Fn::Sub": "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:rule/*"})),
+    ("dlm_role_least_privilege", "ec2:CopySnapshot from the managed policy",
+     lambda t: _snap_stmt(t, "SeeVolumesAndSnapshots")["Action"].append("ec2:CopySnapshot")),
+    ("recycle_bin_scoped", "a Recycle Bin rule for every snapshot in the region",
+     lambda t: t["Resources"]["SnapshotRecycleBin"]["Properties"].pop("ResourceTags")),
+    ("recycle_bin_scoped", "a Recycle Bin rule for another tag",
+     lambda t: t["Resources"]["SnapshotRecycleBin"]["Properties"]["ResourceTags"][0].update(
+         ResourceTagKey="app", ResourceTagValue="s3backup")),
+    ("recycle_bin_scoped", "the Recycle Bin rule without its condition",
+     lambda t: t["Resources"]["SnapshotRecycleBin"].pop("Condition")),
+    ("recycle_bin_scoped", "the condition true at 0",
+     lambda t: t["Conditions"].update(KeepsDeletedSnapshots={"Fn::Equals": [{"Ref": "RecycleBinDays"}, 0]})),
+    ("recycle_bin_scoped", "RecycleBinDays on by default",
+     lambda t: t["Parameters"]["RecycleBinDays"].update(Default=7)),
+    ("recycle_bin_scoped", "no Recycle Bin rule",
+     lambda t: t["Resources"].pop("SnapshotRecycleBin")),
     ("ec2_volumes_encrypted", "unencrypted root volume",
      lambda t: t["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"]
      ["BlockDeviceMappings"][0]["Ebs"].update(Encrypted=False)),
@@ -481,6 +687,9 @@ MUTANTS = [
     ("ec2_ami_from_ssm_parameter", "hard-coded AMI",
      lambda t: t["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"].update(
          ImageId="ami-0123456789abcdef0")),
+    ("ec2_ami_from_ssm_parameter", "default AMI still Amazon Linux 2",
+     lambda t: t["Parameters"]["AmiParameter"].update(
+         Default="/aws/service/ami-amazon-linux-latest/amzn2-ami-hvm-x86_64-gp2")),
     ("ec2_ami_from_ssm_parameter", "default instance type t3.large",
      lambda t: t["Parameters"]["InstanceType"].update(Default="t3.large")),
     ("iam_role_trusts_ec2_only", "trusts Lambda too",
@@ -565,16 +774,65 @@ MUTANTS = [
      lambda t: t["Resources"]["AlertTopic"]["Properties"].update(KmsMasterKeyId="alias/aws/sns")),
     ("alerts_backup_alarms", "silence alarm: missing data not breaching",
      lambda t: _alarm(t, "SilenceAlarm").update(TreatMissingData="notBreaching")),
-    ("alerts_backup_alarms", "silence alarm over an hour",
-     lambda t: _alarm(t, "SilenceAlarm").update(Period=3600)),
+    ("alerts_backup_alarms", "silence alarm: a 1-day period",
+     lambda t: _silence_m1(t)["MetricStat"].update(Period=86400)),
+    ("alerts_backup_alarms", "silence alarm: M < N (1 of SilenceHours datapoints)",
+     lambda t: _alarm(t, "SilenceAlarm").update(DatapointsToAlarm=1)),
+    ("alerts_backup_alarms", "silence alarm: a fixed 24 periods instead of SilenceHours",
+     lambda t: _alarm(t, "SilenceAlarm").update(EvaluationPeriods=24, DatapointsToAlarm=24)),
+    ("alerts_backup_alarms", "silence alarm: no FILL (an hour without a run is missing, not 0)",
+     lambda t: _silence_expr(t).update(Expression="m1")),
+    ("alerts_backup_alarms", "silence alarm: FILL with 1",
+     lambda t: _silence_expr(t).update(Expression="FILL(m1, 1)")),
+    ("alerts_backup_alarms", "silence alarm: m1 returned too",
+     lambda t: _silence_m1(t).update(ReturnData=True)),
+    ("alerts_backup_alarms", "silence alarm: the hour's Minimum",
+     lambda t: _silence_m1(t)["MetricStat"].update(Stat="Minimum")),
+    ("alerts_backup_alarms", "silence alarm: the old single-metric alarm (a day's Maximum, 1 of 1)",
+     lambda t: t["Resources"]["SilenceAlarm"].update(Properties=dict(
+         {k: v for k, v in _alarm(t, "SilenceAlarm").items()
+          if k not in ("Metrics", "EvaluationPeriods", "DatapointsToAlarm")},
+         Namespace={"Ref": "MetricsNamespace"}, MetricName="BackupSucceeded",
+         Dimensions=[{"Name": "Bucket", "Value": {"Ref": "ImagesBucket"}}], Statistic="Maximum",
+         Period=86400, EvaluationPeriods=1))),
+    ("alerts_backup_alarms", "silence alarm in a fixed namespace",
+     lambda t: _silence_m1(t)["MetricStat"]["Metric"].update(Namespace="S3Backup")),
+    ("alerts_backup_alarms", "SilenceHours up to 200 (over CloudWatch's 7 days)",
+     lambda t: t["Parameters"]["SilenceHours"].update(MaxValue=200)),
     ("alerts_backup_alarms", "no OK action",
      lambda t: _alarm(t, "FailedRunAlarm").pop("OKActions")),
     ("alerts_backup_alarms", "alarm on another metric",
      lambda t: _alarm(t, "FailedRunAlarm").update(MetricName="Errors")),
-    ("alerts_backup_alarms", "alarm in a fixed namespace",
-     lambda t: _alarm(t, "SilenceAlarm").update(Namespace="S3Backup")),
+    ("alerts_backup_alarms", "failed-run alarm in a fixed namespace",
+     lambda t: _alarm(t, "FailedRunAlarm").update(Namespace="S3Backup")),
     ("alerts_backup_alarms", "no failed-run alarm",
      lambda t: t["Resources"].pop("FailedRunAlarm")),
+    ("alerts_snapshot_failures", "no EventBridge rule",
+     lambda t: t["Resources"].pop("SnapshotFailureRule")),
+    ("alerts_snapshot_failures", "no failed-snapshot pattern",
+     lambda t: _event_pattern(t).update({"$or": _event_pattern(t)["$or"][:1]})),
+    ("alerts_snapshot_failures", "no DLM ERROR pattern",
+     lambda t: _event_pattern(t).update({"$or": _event_pattern(t)["$or"][1:]})),
+    ("alerts_snapshot_failures", "failed snapshots of any volume",
+     lambda t: _event_pattern(t)["$or"][1]["detail"].pop("source")),
+    ("alerts_snapshot_failures", "the rule targets something else",
+     lambda t: t["Resources"]["SnapshotFailureRule"]["Properties"]["Targets"][0].update(
+         Arn={"Fn::Sub": "arn:${AWS::Partition}:sns:${AWS::Region}:${AWS::AccountId}:other"})),
+    ("alerts_snapshot_failures", "the topic policy does not let EventBridge publish",
+     lambda t: _topic_stmts(t).remove(next(x for x in _topic_stmts(t)
+                                            if x["Principal"].get("Service") == "events.amazonaws.com"))),
+    ("alerts_snapshot_failures", "the topic policy lets any EventBridge rule publish",
+     lambda t: next(x for x in _topic_stmts(t)
+                    if x["Principal"].get("Service") == "events.amazonaws.com").pop("Condition")),
+    ("alerts_snapshot_failures", "the topic policy drops the alarms",
+     lambda t: _topic_stmts(t).remove(next(x for x in _topic_stmts(t)
+                                            if x["Principal"].get("Service") == "cloudwatch.amazonaws.com"))),
+    ("alerts_snapshot_failures", "the key does not let EventBridge use it",
+     lambda t: _key_stmts(t).remove(next(x for x in _key_stmts(t)
+                                          if x["Principal"].get("Service") == "events.amazonaws.com"))),
+    ("alerts_snapshot_failures", "the key's EventBridge statement has an aws:SourceAccount condition",
+     lambda t: next(x for x in _key_stmts(t) if x["Principal"].get("Service") == "events.amazonaws.com")
+     .update(Condition={"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}})),
     ("alerts_outputs", "no StatusCommand output", lambda t: t["Outputs"].pop("StatusCommand")),
     ("alerts_outputs", "backup-now command without the metrics namespace",
      lambda t: t["Outputs"]["BackupNowCommand"]["Value"].update({"Fn::Sub": t["Outputs"]["BackupNowCommand"]
@@ -604,6 +862,18 @@ MUTANTS = [
      lambda t: t["Parameters"]["BackupDir"].pop("AllowedPattern")),
     ("parameters_typed_and_grouped", "undescribed parameter",
      lambda t: t["Parameters"]["Schedule"].pop("Description")),
+    ("parameters_bounded", "BackupDir without MaxLength",
+     lambda t: t["Parameters"]["BackupDir"].pop("MaxLength")),
+    ("parameters_bounded", "ArtifactKey up to 1024",
+     lambda t: t["Parameters"]["ArtifactKey"].update(MaxLength=1024)),
+    ("parameters_bounded", "the old Schedule pattern (any five words)",
+     lambda t: t["Parameters"]["Schedule"].update(AllowedPattern="^[0-9A-Za-z*/,-]+( [0-9A-Za-z*/,-]+){4}$")),
+    ("parameters_bounded", "Schedule minutes up to 99",
+     lambda t: t["Parameters"]["Schedule"].update(AllowedPattern=t["Parameters"]["Schedule"]["AllowedPattern"]
+                                                  .replace("[0-5]?[0-9]", "[0-9]?[0-9]"))),
+    ("parameters_bounded", "Schedule weekday names in any case",
+     lambda t: t["Parameters"]["Schedule"].update(AllowedPattern=t["Parameters"]["Schedule"]["AllowedPattern"]
+                                                  .replace("|sun|", "|[A-Za-z]{3}|"))),
     ("artifact_pinned_by_sha256", "any string as SHA-256",
      lambda t: t["Parameters"]["ArtifactSha256"].update(AllowedPattern=".+")),
     ("outputs_for_the_operator", "no SSM command output",
@@ -639,6 +909,12 @@ MUTANTS = [
      _ud_replace("UUID=$uuid $MNT ext4", "$DEV $MNT ext4")),
     ("userdata_backup_volume", "mounted without nofail",
      _ud_replace("defaults,nofail,", "defaults,")),
+    ("userdata_backup_volume", "mount trusted without checking what is mounted (nofail)",
+     _ud_replace('[ "$(readlink -f "$src")" = "$DEV" ] || die', '[ "$(readlink -f "$src")" = "$DEV" ] || log')),
+    ("userdata_backup_volume", "no findmnt after mount",
+     _ud_replace('src=$(findmnt -n -o SOURCE --mountpoint "$MNT") || die', 'src=$DEV || die')),
+    ("userdata_backup_volume", "a failed chattr +i only logged",
+     _ud_replace('chattr +i "$MNT" || die', 'chattr +i "$MNT" || log')),
     ("userdata_backup_volume", "state on the root volume",
      _ud_replace('--state-dir "$STATE_DIR"', '--state-dir /var/lib/s3backup')),
 ]
@@ -647,6 +923,9 @@ MUTANTS = [
 def mutants(template_path, outdir):
     os.makedirs(outdir, exist_ok=True)
     base = load_template(template_path)
+    # What the rules read: the guard view (the embedded bootstrap decoded in place).
+    ud = base["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]
+    ud["Fn::Base64"]["Fn::Sub"] = decoded_userdata(ud["Fn::Base64"]["Fn::Sub"])
     with open(os.path.join(outdir, "00-unmutated.json"), "w", encoding="utf-8") as f:
         json.dump(base, f, indent=1)
     for i, (rule, what, fn) in enumerate(MUTANTS, 1):
@@ -685,12 +964,22 @@ def main(argv):
         write_files(args[0])
     elif cmd == "extract-file":
         extract_file(args[0], args[1])
+    elif cmd == "embed-bootstrap":
+        embed_bootstrap(args[0], args[1])
+    elif cmd == "check-bootstrap":
+        check_bootstrap(args[0], args[1])
+    elif cmd == "guard-view":
+        guard_view(args[0], args[1])
+    elif cmd == "userdata-worst-case":
+        userdata_worst_case(args[0])
     elif cmd == "runcmd":
         runcmd_script(args[0])
     elif cmd == "check-crond":
         check_crond(args[0], args[1])
     elif cmd == "mutants":
         mutants(args[0], args[1])
+    elif cmd == "check-schedule-pattern":
+        check_schedule_pattern(args[0])
     elif cmd == "template-value":
         template_value(args[0], args[1])
     elif cmd == "write-mbr":

@@ -24,7 +24,8 @@
 # Scenarios that fail, signal it, and change nothing: badsha, held (the volume stays attached
 # elsewhere), unknown-dos / unknown-vfat / unknown-data (a device that is not blank nor ours),
 # takeover (the backup folder on the volume belongs to root), baddir (BACKUP_DIR=/etc), early (the
-# parameters file breaks while it is read).
+# parameters file breaks while it is read), nomount (mount exits 0 and mounts nothing, as it does
+# with nofail when the device is missing), nochattr (chattr +i fails on the bare mount point).
 # Prints one "ok - ..." or "not ok - ..." line per check.
 set -uo pipefail
 : "${W:?}" "${SCENARIO:?}" "${USERDATA:?}" "${HELP:?}" "${EXPECT_SHA256:?}" "${STACK_NAME:?}"
@@ -162,6 +163,15 @@ case "\$3" in
 esac
 EOF
 chmod 755 "$stub/$pm"
+# nomount: a mount that succeeds without mounting anything; nochattr: a chattr that fails.
+if [ "$SCENARIO" = nomount ]; then
+  printf '#!/bin/sh\necho "mount $*" >> "%s/calls.log"\nexit 0\n' "$W" > "$stub/mount"
+  chmod 755 "$stub/mount"
+fi
+if [ "$SCENARIO" = nochattr ]; then
+  printf '#!/bin/sh\necho "chattr $*" >> "%s/calls.log"\necho "chattr: Operation not supported" >&2\nexit 1\n' "$W" > "$stub/chattr"
+  chmod 755 "$stub/chattr"
+fi
 if [ "$SCENARIO" = al2 ]; then
   # Amazon Linux 2: cronie is installed and its unit exists; cfn-signal lives in /opt/aws/bin,
   # which is not on cloud-init's PATH.
@@ -245,13 +255,23 @@ case $SCENARIO in al2023 | al2 | replaced) ;; *)
   check "no partial binary left" [ ! -e /usr/local/bin/.s3backup.new ]
   # shellcheck disable=SC2016 # expanded by eval, on purpose
   check "no cron job written" eval '[ ! -e "$cron_file" ] && [ ! -e /etc/cron.d/.s3backup.tmp ]'
-  if [ "$SCENARIO" != takeover ]; then
+  if [ "$SCENARIO" = nomount ]; then
+    check "no user created" eval "! getent passwd '$BACKUP_USER' >/dev/null"
+    check "mount was called, exited 0, and nothing is mounted on $mnt" \
+      eval "grep -qx 'mount $mnt' '$W/calls.log' && ! mountpoint -q $mnt"
+  elif [ "$SCENARIO" != takeover ]; then
     check "no user created" eval "! getent passwd '$BACKUP_USER' >/dev/null"
     check "nothing mounted on $mnt and no fstab line for it" \
       eval "! mountpoint -q $mnt && ! grep -q ' $mnt ' /etc/fstab"
   fi
-  # (takeover mounts the volume, which is its own, before it finds the folder it refuses.)
-  [ "$SCENARIO" = takeover ] || check "the volume's bytes are unchanged" [ "$(sha256sum < "$VOL")" = "$vol_sha_before" ]
+  # (takeover mounts the volume, which is its own, before it finds the folder it refuses; nomount
+  # and nochattr format the blank volume before they fail.)
+  case $SCENARIO in takeover | nomount | nochattr) ;; *)
+    check "the volume's bytes are unchanged" [ "$(sha256sum < "$VOL")" = "$vol_sha_before" ] ;;
+  esac
+  if [ "$SCENARIO" = nochattr ]; then
+    check "chattr +i was tried on the bare mount point $mnt" grep -qx "chattr +i $mnt" "$W/calls.log"
+  fi
   if [ "$SCENARIO" = held ]; then
     check "it waited for the other instance, and never attached" \
       eval "[ \$(grep -c 'describe-volumes' '$W/calls.log') -ge 3 ] && ! grep -q attach-volume '$W/calls.log'"

@@ -161,6 +161,17 @@ def common(disk, sc):
        len(codes) == 1 and args is not None
        and f"--stack {sc['stack_name']} --resource AutoScalingGroup --region {sc['region']}" in args,
        f"codes={codes} args={args!r}")
+    # The UserData carries the bootstrap as a gz+b64 write_files entry: the guest's real cloud-init
+    # decoded it into exactly cfn/bootstrap.sh, root 0755.
+    boot = "/usr/local/sbin/s3backup-bootstrap"
+    st = disk.stat(boot)
+    local = disk.dump(boot)
+    with open(os.path.join(REPO, "cfn", "bootstrap.sh"), "rb") as f:
+        want = f.read()
+    got = open(local, "rb").read() if local else None
+    ok(f"cloud-init wrote {boot} from the gz+b64 entry: byte for byte cfn/bootstrap.sh, root 0755",
+       got == want and st is not None and (st["uid"], st["mode"] & 0o7777) == (0, 0o755),
+       f"stat={st} same={got == want}")
     output_log = disk.read("/var/log/cloud-init-output.log") or ""
     passwd = users(disk.read("/etc/passwd"))
     return {"finish": finish, "codes": codes, "output_log": output_log, "passwd": passwd}
