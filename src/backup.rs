@@ -606,7 +606,7 @@ fn move_deleted(
             Err(err) => {
                 out.failed.push(Failed {
                     key: e.key.clone(),
-                    error: err.to_string(),
+                    error: format!("moving {} to history: {err}", path.display()),
                 });
                 continue;
             }

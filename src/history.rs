@@ -24,7 +24,11 @@ pub const CHANGED_LOCALLY: &str = ".changed-locally";
 pub struct History {
     root: PathBuf,
     dest: PathBuf,
-    run_id: String,
+    /// The id the run's start gives (`runid::format`).
+    base_id: String,
+    /// The run folder's name, claimed (made, exclusively) by the first move of the run: a run of the
+    /// same second, in this process or another sharing the folder, can never claim it too.
+    run_id: Mutex<Option<String>>,
     /// Parent folders made (and made durable) in this run, so each costs one mkdir.
     made: Mutex<Vec<PathBuf>>,
 }
@@ -61,7 +65,7 @@ impl History {
     /// renamed between them (the same file system and the same mount: a bind mount of the same disk
     /// has the same device number, yet rename(2) across it fails with EXDEV). Only then is `root`
     /// created. `started` names the run folder; a folder of that name from an earlier run in the same
-    /// second gets a `-2`, `-3`, ... suffix, so no move ever lands on an earlier one.
+    /// second gets a `-2`, `-3`, ... suffix (`claim`), so no move ever lands on an earlier one.
     pub fn open(root: &Path, dest: &Path, started: SystemTime) -> Result<History, String> {
         let both = || {
             format!(
@@ -88,39 +92,43 @@ impl History {
                 both()
             ));
         }
+        // Checked where it will be, before anything is made: a folder not made yet is on the device of
+        // its nearest existing ancestor, and a probe renamed there proves the same mount.
+        let mut existing = resolved.as_path();
+        while fs::symlink_metadata(existing).is_err() {
+            existing = existing.parent().unwrap_or(Path::new("/"));
+        }
+        if !fs::metadata(existing).is_ok_and(|m| m.is_dir()) {
+            return Err(format!(
+                "--history-dir {}: {} is not a directory",
+                root.display(),
+                existing.display()
+            ));
+        }
+        let dev = |p: &Path| fs::metadata(p).map(|m| m.dev());
+        if dev(existing).map_err(|e| e.to_string())? != dev(dest).map_err(|e| e.to_string())? {
+            return Err(format!(
+                "{}: must be on the same file system (files are moved there by rename)",
+                both()
+            ));
+        }
+        probe_rename(dest, existing, existing == resolved).map_err(|e| {
+            format!(
+                "{}: a file cannot be renamed from one to the other ({e}): they must be on the same mount",
+                both()
+            )
+        })?;
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&resolved)
             .map_err(|e| format!("--history-dir {}: cannot create it: {e}", root.display()))?;
         let root = resolved;
-        if !fs::metadata(&root).is_ok_and(|m| m.is_dir()) {
-            return Err(format!("--history-dir {}: not a directory", root.display()));
-        }
-        let dev = |p: &Path| fs::metadata(p).map(|m| m.dev());
-        if dev(&root).map_err(|e| e.to_string())? != dev(dest).map_err(|e| e.to_string())? {
-            return Err(format!(
-                "{}: must be on the same file system (files are moved there by rename)",
-                both()
-            ));
-        }
-        probe_rename(dest, &root).map_err(|e| {
-            format!(
-                "{}: a file cannot be renamed from one to the other ({e}): they must be on the same mount",
-                both()
-            )
-        })?;
-        let base = runid::format(started);
-        let mut run_id = base.clone();
-        let mut n = 1;
-        while root.join(&run_id).exists() {
-            n += 1;
-            run_id = format!("{base}-{n}");
-        }
         Ok(History {
             root,
             dest: dest.to_path_buf(),
-            run_id,
+            base_id: runid::format(started),
+            run_id: Mutex::new(None),
             made: Mutex::new(Vec::new()),
         })
     }
@@ -129,11 +137,51 @@ impl History {
         &self.root
     }
 
+    /// The run folder's name once a move has claimed one.
+    pub fn run_id(&self) -> Option<String> {
+        self.run_id
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The run folder's name: on the first call, the first of `<base>`, `<base>-2`, ... that neither
+    /// exists nor has a `.changed-locally` twin, made here with an exclusive mkdir (made durable).
+    fn claim(&self) -> io::Result<String> {
+        let mut id = self.run_id.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(id) = &*id {
+            return Ok(id.clone());
+        }
+        for n in 1u32.. {
+            let name = match n {
+                1 => self.base_id.clone(),
+                n => format!("{}-{n}", self.base_id),
+            };
+            if self.root.join(format!("{name}{CHANGED_LOCALLY}")).exists() {
+                continue;
+            }
+            match fs::DirBuilder::new()
+                .mode(0o700)
+                .create(self.root.join(&name))
+            {
+                Ok(()) => {
+                    fs::File::open(&self.root)?.sync_all()?;
+                    *id = Some(name.clone());
+                    return Ok(name);
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("some suffix is free")
+    }
+
     /// Move whatever is at `target` (a path under `--dest`) to this run's folder, under the same relative
     /// path. `Ok(None)` when there is nothing there. Returns the folder whose entries changed in history,
     /// to be made durable with the others of the batch.
     pub fn move_aside(&self, target: &Path) -> io::Result<Option<PathBuf>> {
-        self.move_into(target, &self.run_id)
+        let id = self.claim()?;
+        self.move_into(target, &id)
     }
 
     /// `move_aside` into `<history>/<folder>` (this run's folder, or its `.changed-locally` twin).
@@ -179,11 +227,20 @@ impl History {
         row: Option<&Entry>,
         new: Option<&Entry>,
     ) -> io::Result<Aside> {
+        // A folder on the way that is a link (or no folder) leads out of `--dest`: what is there is no
+        // file the backup wrote, and nothing is moved through it.
+        if !crate::plan::under_real_dirs(&self.dest, target) {
+            return Ok(Aside::Nothing);
+        }
         let meta = match fs::symlink_metadata(target) {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Aside::Nothing),
             Err(e) => return Err(e),
         };
+        // A user's folder where the file was: not the backup's, left alone.
+        if meta.is_dir() {
+            return Ok(Aside::Nothing);
+        }
         if !meta.is_file() {
             return self.set_aside(target);
         }
@@ -199,8 +256,17 @@ impl History {
                 // every row; the files are intact once it is back).
                 Some(want) => {
                     let mut buf = vec![0u8; 1 << 20];
-                    let (got, len) =
-                        crate::verify::crc64_of_reader(fs::File::open(target)?, &mut buf)?;
+                    let read = fs::File::open(target)
+                        .and_then(|f| crate::verify::crc64_of_reader(f, &mut buf));
+                    let (got, len) = match read {
+                        Ok(read) => read,
+                        // Nothing to vouch for it with, yet it may be all there is: set aside (a
+                        // rename needs no read permission).
+                        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                            return self.set_aside(target);
+                        }
+                        Err(e) => return Err(e),
+                    };
                     if got != want || len != row.size {
                         return self.set_aside(target);
                     }
@@ -220,7 +286,7 @@ impl History {
     }
 
     fn set_aside(&self, target: &Path) -> io::Result<Aside> {
-        let folder = format!("{}{CHANGED_LOCALLY}", self.run_id);
+        let folder = format!("{}{CHANGED_LOCALLY}", self.claim()?);
         Ok(match self.move_into(target, &folder)? {
             Some(dir) => Aside::SetAside(dir),
             None => Aside::Nothing,
@@ -230,9 +296,10 @@ impl History {
     /// Undo `keep_old` for `target` (its replacement could not be installed), best effort: should it
     /// fail, the old file stays in history, which is still not a loss.
     pub fn put_back(&self, target: &Path, aside: &Aside) {
+        let Some(id) = self.run_id() else { return };
         let folder = match aside {
-            Aside::Kept(_) => self.run_id.clone(),
-            Aside::SetAside(_) => format!("{}{CHANGED_LOCALLY}", self.run_id),
+            Aside::Kept(_) => id,
+            Aside::SetAside(_) => format!("{id}{CHANGED_LOCALLY}"),
             Aside::Nothing | Aside::Same => return,
         };
         if let Ok(rel) = target.strip_prefix(&self.dest) {
@@ -262,7 +329,8 @@ impl History {
         let mut out = Pruned::default();
         for path in expired_runs(&self.root, now, keep_days)? {
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if name.strip_suffix(CHANGED_LOCALLY).unwrap_or(name) == self.run_id {
+            if Some(name.strip_suffix(CHANGED_LOCALLY).unwrap_or(name)) == self.run_id().as_deref()
+            {
                 continue;
             }
             match fs::remove_dir_all(&path) {
@@ -314,6 +382,9 @@ pub fn expired_runs(root: &Path, now: SystemTime, keep_days: u32) -> io::Result<
 pub fn remove_empty_dirs(dest: &Path, dir: &Path, keep: impl Fn(&Path) -> bool) -> Option<PathBuf> {
     let mut here = dir;
     let mut changed = None;
+    if !crate::plan::under_real_dirs(dest, &dir.join("x")) {
+        return None;
+    }
     while here != dest && here.starts_with(dest) {
         if keep(here) || fs::remove_dir(here).is_err() {
             break;
@@ -325,11 +396,12 @@ pub fn remove_empty_dirs(dest: &Path, dir: &Path, keep: impl Fn(&Path) -> bool) 
     changed
 }
 
-/// Create a file in `dest`, rename it into `root` and remove it: proves renames work between them.
-/// A probe left by a kill has our temp prefix in both places (the destination's sweep removes it
-/// there; `open` removes it here).
-fn probe_rename(dest: &Path, root: &Path) -> io::Result<()> {
-    if let Ok(rd) = fs::read_dir(root) {
+/// Create a file in `dest`, rename it into `dir` (the history folder, or the nearest existing ancestor
+/// of one not made yet) and remove it: proves renames work between them. A probe left by a kill has our
+/// temp prefix in both places (the destination's sweep removes it there; the next open of the history
+/// folder removes it here, `sweep`).
+fn probe_rename(dest: &Path, dir: &Path, sweep: bool) -> io::Result<()> {
+    if sweep && let Ok(rd) = fs::read_dir(dir) {
         for e in rd.flatten() {
             if e.file_name()
                 .to_str()
@@ -343,7 +415,7 @@ fn probe_rename(dest: &Path, root: &Path) -> io::Result<()> {
         .prefix(TEMP_PREFIX)
         .rand_bytes(12)
         .tempfile_in(dest)?;
-    let to = root.join(probe.path().file_name().expect("a temp file has a name"));
+    let to = dir.join(probe.path().file_name().expect("a temp file has a name"));
     fs::rename(probe.path(), &to)?;
     fs::remove_file(&to)
 }
@@ -379,7 +451,46 @@ mod tests {
         assert_eq!(h.move_aside(&dest.join("nothing")).unwrap(), None);
         // A second run in the same second gets a folder of its own.
         let h2 = History::open(&d.path().join("hist"), &dest, now).unwrap();
-        assert_eq!(h2.run_id, format!("{}-2", run_id(now)));
+        fs::write(dest.join("g"), b"g").unwrap();
+        h2.move_aside(&dest.join("g")).unwrap();
+        assert_eq!(h2.run_id(), Some(format!("{}-2", run_id(now))));
+        // A run that only set a file aside still claims its id: the next one of the second does not
+        // share its twin folder.
+        let h3 = History::open(&d.path().join("hist"), &dest, now).unwrap();
+        fs::write(dest.join("x"), b"x").unwrap();
+        assert!(matches!(
+            h3.keep_old(
+                &dest.join("x"),
+                Some(&Entry {
+                    key: "x".into(),
+                    size: 9,
+                    last_modified: None,
+                    etag: None,
+                    crc64nvme: None,
+                    damaged: false
+                }),
+                None
+            )
+            .unwrap(),
+            Aside::SetAside(_)
+        ));
+        let h4 = History::open(&d.path().join("hist"), &dest, now).unwrap();
+        fs::write(dest.join("x"), b"y").unwrap();
+        h4.keep_old(
+            &dest.join("x"),
+            Some(&Entry {
+                key: "x".into(),
+                size: 9,
+                last_modified: None,
+                etag: None,
+                crc64nvme: None,
+                damaged: false,
+            }),
+            None,
+        )
+        .unwrap();
+        assert_eq!(h3.run_id(), Some(format!("{}-3", run_id(now))));
+        assert_eq!(h4.run_id(), Some(format!("{}-4", run_id(now))));
         // An old run folder goes, a young one and strangers stay (even ones that start like a run id).
         let old = run_id(now - Duration::from_secs(31 * 86_400));
         fs::create_dir_all(d.path().join("hist").join(&old).join("x")).unwrap();

@@ -60,9 +60,18 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Some(Command::CronEntry(args)) => {
             let job = args.into_job()?;
+            // The cron file is this command's product: a write that fails (a full disk under a
+            // redirect) is an error, or an empty file would be installed and no backup ever run.
             let text = job.render()?;
             use std::io::Write as _;
-            let _ = std::io::stdout().write_all(text.as_bytes());
+            let mut out = std::io::stdout().lock();
+            if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+                return Ok(fail(
+                    false,
+                    Exit::Config,
+                    &format!("writing the cron file to stdout: {e}"),
+                ));
+            }
             return Ok(Exit::Ok.into());
         }
         Some(Command::Status(args)) => return Ok(status_command(args)),

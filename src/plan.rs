@@ -267,6 +267,20 @@ fn folder_plan(dest: &Path, rel: &Path, create: bool) -> Plan {
     }
 }
 
+/// Whether every folder from `root` (not included) down to `path`'s parent is a real directory: no
+/// link (which could lead out of `root`), no file, nothing missing. What is found through anything else
+/// is no file the backup wrote there.
+pub fn under_real_dirs(root: &Path, path: &Path) -> bool {
+    let Some(rel) = path.parent().and_then(|p| p.strip_prefix(root).ok()) else {
+        return false;
+    };
+    let mut here = root.to_path_buf();
+    rel.components().all(|c| {
+        here.push(c);
+        fs::symlink_metadata(&here).is_ok_and(|m| m.is_dir())
+    })
+}
+
 /// Create `dest/<rel>` and any missing ancestors, owner-only (the umask still applies), and make each new
 /// entry durable in its parent.
 pub fn create_dirs(dest: &Path, rel: &Path) -> io::Result<()> {

@@ -149,12 +149,17 @@ fn read_doc(path: &Path) -> Result<Option<Value>, StatusError> {
             });
         }
     };
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| StatusError {
+    match serde_json::from_str::<Value>(&text) {
+        Ok(v) if v.is_object() => Ok(Some(v)),
+        Ok(_) => Err(StatusError {
+            path: path.to_path_buf(),
+            detail: "not a run record: not a JSON object".into(),
+        }),
+        Err(e) => Err(StatusError {
             path: path.to_path_buf(),
             detail: format!("not a run record: {e}"),
-        })
+        }),
+    }
 }
 
 impl Status {

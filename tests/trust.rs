@@ -830,6 +830,8 @@ mount --bind "$REAL" "$BOUND"
 set +e
 "$BIN" --bucket "$BUCKET" --endpoint-url "$EP" --dest "$DEST" --state-dir "$STATE" --history-dir "$BOUND"
 echo "exit=$?" >&2
+"$BIN" --bucket "$BUCKET" --endpoint-url "$EP" --dest "$DEST" --state-dir "$STATE" --history-dir "$BOUND/x/y"
+echo "exit=$?" >&2
 "#;
     let Some(r) = in_mount_namespace(
         "history_on_a_bind_mount_is_refused_at_start",
@@ -849,6 +851,11 @@ echo "exit=$?" >&2
     assert!(
         !s.dest.join("a.jpg").exists(),
         "nothing backed up into a run that cannot keep history"
+    );
+    assert_eq!(err.matches("exit=2").count(), 2, "{err}");
+    assert!(
+        !real.join("x").exists(),
+        "a refused history folder is not created"
     );
 }
 
@@ -902,4 +909,74 @@ fn a_deleted_objects_last_copy_is_never_thrown_away() {
     assert!(k.contains(".changed-locally/"), "{k}");
     assert_eq!(v, &notes);
     assert_eq!(find("rotten").1, &rotten);
+}
+
+/// Issue 22 (the second adversarial pass): deletions never reach through a link planted in `--dest`,
+/// and a deleted object whose path now holds a folder, or lies under a file, is no failure.
+#[test]
+fn deletions_never_follow_links_and_odd_leftovers_are_no_failure() {
+    let b = Bucket::new(Kind::Seaweed, "del-links");
+    for k in [
+        "p/a", "p/sub/b", "q/c", "r/d", "keep1", "keep2", "keep3", "keep4", "keep5",
+    ] {
+        b.put(k, k.as_bytes());
+    }
+    let s = Scratch::new();
+    let h = hist(&s);
+    assert_eq!(backup(&b, &s, &with(&h, &[])).code(), 0);
+    // p becomes a link to the user's own folder of the same shape; q/c becomes a folder; r a file.
+    let mine = s.root.path().join("mine");
+    fs::create_dir_all(mine.join("sub")).unwrap();
+    fs::write(mine.join("a"), b"p/a").unwrap();
+    fs::write(mine.join("sub/b"), b"p/sub/b").unwrap();
+    fs::remove_dir_all(s.dest.join("p")).unwrap();
+    std::os::unix::fs::symlink(&mine, s.dest.join("p")).unwrap();
+    fs::remove_file(s.dest.join("q/c")).unwrap();
+    fs::create_dir_all(s.dest.join("q/c/user")).unwrap();
+    fs::remove_dir_all(s.dest.join("r")).unwrap();
+    fs::write(s.dest.join("r"), b"a file in the way").unwrap();
+    for k in ["p/a", "p/sub/b", "q/c", "r/d"] {
+        delete(&b, k);
+    }
+    let r = backup(&b, &s, &with(&h, &["--max-delete", "100"]));
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    assert_eq!(fs::read(mine.join("a")).unwrap(), b"p/a");
+    assert_eq!(fs::read(mine.join("sub/b")).unwrap(), b"p/sub/b");
+    assert!(
+        s.dest.join("q/c/user").is_dir(),
+        "a user's folder is left alone"
+    );
+    assert_eq!(fs::read(s.dest.join("r")).unwrap(), b"a file in the way");
+    let r = backup(&b, &s, &with(&h, &[]));
+    assert_eq!(r.code(), 0, "converged: {}", r.stderr());
+    // verify does not read through the link either.
+    let v = sub(&s, "verify", &[]);
+    assert_eq!(v.code(), 0, "{}", v.stdout());
+}
+
+/// Issue 22 (the second adversarial pass): `cron-entry` whose output cannot be written fails, so a
+/// bootstrap never installs an empty cron file.
+#[test]
+fn cron_entry_that_cannot_write_fails() {
+    let s = Scratch::new();
+    let full = fs::File::options().write(true).open("/dev/full").unwrap();
+    let out = command(&s)
+        .args([
+            "cron-entry",
+            "--user",
+            "backup",
+            "--bucket",
+            "images",
+            "--dest",
+            "/srv/b",
+        ])
+        .stdout(full)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("writing the cron file"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
