@@ -128,6 +128,7 @@ pub async fn run(
         config.bucket.clone(),
         config.prefix.clone(),
         LISTING_DEPTH,
+        config.list_concurrency,
     );
     // Objects in flight (a few more than requests, so the next GET is ready while others fsync).
     let slots = Arc::new(Semaphore::new(config.concurrency * 2));
