@@ -270,9 +270,12 @@ impl Out {
             return self.send(objects).await;
         }
         self.buf.extend(objects);
-        if self.buf.len() >= PAGE {
-            let page = std::mem::take(&mut self.buf);
-            return self.send(page).await;
+        while self.buf.len() >= PAGE {
+            let rest = self.buf.split_off(PAGE);
+            let page = std::mem::replace(&mut self.buf, rest);
+            if !self.send(page).await {
+                return false;
+            }
         }
         true
     }
@@ -550,6 +553,21 @@ mod tests {
         let (got, _) = collect(mem.clone(), "", 8).await;
         assert_eq!(got, sorted(&keys));
         assert_eq!(mem.requests.load(Ordering::SeqCst), 1 + 32);
+    }
+
+    #[tokio::test]
+    async fn pages_handed_on_hold_at_most_a_page() {
+        // `a0` comes from discovery, then a full page of `b/`: regrouped as 1,000 + 1,000 + 501.
+        let keys: Vec<String> = std::iter::once("a0".to_owned())
+            .chain((0..2500).map(|i| format!("b/{i:04}")))
+            .collect();
+        let (tx, mut rx) = mpsc::channel(2);
+        tokio::spawn(run(Mem::new(keys.clone(), 1000), String::new(), 4, tx));
+        let mut sizes = Vec::new();
+        while let Some(p) = rx.recv().await {
+            sizes.push(p.unwrap().len());
+        }
+        assert_eq!(sizes, [0, 1000, 1000, 501]);
     }
 
     #[tokio::test]
