@@ -9,7 +9,12 @@
 //! byte strings, are in byte order, because every key under `P/` sorts next to `P/` itself (no direct key
 //! starts with `P/`). So the planner still sees `a` before `a/b`, the same on every run.
 //!
-//! Bounds: discovery keeps at most one page of entries per prefix it expands; then at most
+//! Discovery asks, for each prefix of a level, its first page of keys and its delimited listing at once
+//! (one round trip a level): a prefix whose keys fit in that page is done, in one request, so small
+//! prefixes are never listed twice; a bigger one is replaced by its sub-prefixes, or, when it has none or
+//! too many for a page, listed as one stream that goes on from that first page.
+//!
+//! Bounds: discovery keeps at most one page of keys per prefix it expands; then at most
 //! `concurrency` prefix listings run ahead of the consumer, each holding at most two pages (one waiting
 //! in its channel, one in hand). Any error ends the sequence with an `Err` in its place, so a consumer
 //! that saw no `Err` saw every key.
@@ -49,20 +54,28 @@ const MAX_LEVELS: usize = 6;
 /// Keys per page handed to the consumer (S3's page size).
 const PAGE: usize = 1000;
 
-/// What discovery leaves: keys already listed, and prefixes still to list (`Open`: may be expanded
-/// further; `Flat`: listed as one stream, because a delimited listing of it did not fit in one page).
+/// What discovery leaves: keys already listed, and prefixes still to list (`Open`: not looked into yet,
+/// may be expanded; `Flat`: listed as one stream going on from its first page, because it has no
+/// sub-prefixes or too many for a page).
 #[derive(Debug)]
 enum Node {
     Key(ObjectInfo),
     Open(String),
-    Flat(String),
+    Flat(String, Resume),
+}
+
+/// The first page of a prefix's keys, and the continuation token after it.
+#[derive(Debug)]
+struct Resume {
+    first: Vec<ObjectInfo>,
+    token: String,
 }
 
 impl Node {
     fn sort_key(&self) -> &str {
         match self {
             Node::Key(o) => &o.key,
-            Node::Open(p) | Node::Flat(p) => p,
+            Node::Open(p) | Node::Flat(p, _) => p,
         }
     }
 }
@@ -86,8 +99,8 @@ pub async fn run<S: Source>(source: S, root: String, concurrency: usize, tx: mps
     out.finish().await;
 }
 
-/// Breadth-first: expand every open prefix of a level with one delimited request each (in parallel),
-/// until there are enough prefixes to list, or none left to expand. `Ok(None)`: the consumer is gone.
+/// Breadth-first: expand every open prefix of a level (in parallel), until there are enough prefixes to
+/// list, or none left to expand. `Ok(None)`: the consumer is gone.
 async fn discover<S: Source>(
     source: &S,
     root: String,
@@ -108,19 +121,17 @@ async fn discover<S: Source>(
         if open.is_empty() || (level > 0 && units >= target) {
             break;
         }
-        let expanded: Vec<Result<Option<Vec<Node>>, ListError>> = futures::stream::iter(open)
+        let expanded: Vec<Result<Vec<Node>, ListError>> = futures::stream::iter(open)
             .map(|p| expand(source, p))
-            .buffered(concurrency)
+            // Two requests each: `concurrency` in flight.
+            .buffered((concurrency / 2).max(1))
             .collect()
             .await;
         let mut expanded = expanded.into_iter();
         let mut next = Vec::with_capacity(nodes.len());
         for n in nodes {
             match n {
-                Node::Open(p) => match expanded.next().expect("one result per open prefix")? {
-                    Some(children) => next.extend(children),
-                    None => next.push(Node::Flat(p)),
-                },
+                Node::Open(_) => next.extend(expanded.next().expect("one result per open prefix")?),
                 n => next.push(n),
             }
         }
@@ -134,22 +145,35 @@ async fn discover<S: Source>(
     Ok(Some(nodes))
 }
 
-/// The entries directly under `prefix`, in byte order, when they fit in one page; `None` when they do
-/// not (a wide or flat level: it is listed as one stream instead).
-async fn expand<S: Source>(source: &S, prefix: String) -> Result<Option<Vec<Node>>, ListError> {
-    let page = source.page(prefix, true, None).await?;
-    if page.next.is_some() {
-        return Ok(None);
-    }
-    let mut nodes: Vec<Node> = page
-        .objects
-        .into_iter()
-        .map(Node::Key)
-        .chain(page.prefixes.into_iter().map(Node::Open))
-        .collect();
+/// What takes `prefix`'s place, in byte order: its keys when they fit in one page; else its direct keys
+/// and sub-prefixes when they fit in one page and there are sub-prefixes; else one stream.
+async fn expand<S: Source>(source: &S, prefix: String) -> Result<Vec<Node>, ListError> {
+    // Both at once: one round trip whichever answer decides.
+    let (flat, delimited) = futures::try_join!(
+        source.page(prefix.clone(), false, None),
+        source.page(prefix.clone(), true, None)
+    )?;
+    let mut nodes: Vec<Node> = match flat.next {
+        None => flat.objects.into_iter().map(Node::Key).collect(),
+        Some(token) if delimited.next.is_some() || delimited.prefixes.is_empty() => {
+            return Ok(vec![Node::Flat(
+                prefix,
+                Resume {
+                    first: flat.objects,
+                    token,
+                },
+            )]);
+        }
+        Some(_) => delimited
+            .objects
+            .into_iter()
+            .map(Node::Key)
+            .chain(delimited.prefixes.into_iter().map(Node::Open))
+            .collect(),
+    };
     // Byte order (`str` compares bytes), whatever order the server used.
     nodes.sort_by(|a, b| a.sort_key().cmp(b.sort_key()));
-    Ok(Some(nodes))
+    Ok(nodes)
 }
 
 /// List the prefixes `nodes` names, up to `concurrency` ahead of the one being handed on, and hand
@@ -171,10 +195,15 @@ async fn join<S: Source>(
         while listings < concurrency {
             match nodes.next() {
                 Some(Node::Key(o)) => ahead.push_back(Ahead::Key(o)),
-                Some(Node::Open(p) | Node::Flat(p)) => {
+                Some(n @ (Node::Open(_) | Node::Flat(..))) => {
+                    let (p, resume) = match n {
+                        Node::Flat(p, r) => (p, Some(r)),
+                        Node::Open(p) => (p, None),
+                        Node::Key(_) => unreachable!(),
+                    };
                     // One page waits in the channel while the stream fetches the next.
                     let (tx, rx) = mpsc::channel(1);
-                    tokio::spawn(list_prefix(source.clone(), p.clone(), tx));
+                    tokio::spawn(list_prefix(source.clone(), p.clone(), resume, tx));
                     ahead.push_back(Ahead::Listing(p, rx));
                     listings += 1;
                 }
@@ -216,9 +245,21 @@ async fn join<S: Source>(
     }
 }
 
-/// Every key under `prefix`, page by page, into `tx`; an error ends it. Ends early when nobody listens.
-async fn list_prefix<S: Source>(source: S, prefix: String, tx: mpsc::Sender<Page>) {
+/// Every key under `prefix` (after `resume`'s first page, when given), page by page, into `tx`; an
+/// error ends it. Ends early when nobody listens.
+async fn list_prefix<S: Source>(
+    source: S,
+    prefix: String,
+    resume: Option<Resume>,
+    tx: mpsc::Sender<Page>,
+) {
     let mut token = None;
+    if let Some(r) = resume {
+        if tx.send(Ok(r.first)).await.is_err() {
+            return;
+        }
+        token = Some(r.token);
+    }
     loop {
         let page = source.page(prefix.clone(), false, token.clone()).await;
         let (objects, next) = match page {
@@ -537,15 +578,28 @@ mod tests {
         let (got, _) = collect(mem.clone(), "", 8).await;
         assert_eq!(got, sorted(&keys));
         assert_eq!(mem.max_in_flight.load(Ordering::SeqCst), 8);
-        // One page of keys per prefix, plus one delimited request for the root: 64 prefixes are
-        // enough units for 8 streams, so none of them is expanded.
-        assert_eq!(mem.requests.load(Ordering::SeqCst), 64 + 1);
+        // One page of keys per prefix, plus a first page and a delimited request for the root: 64
+        // prefixes are enough units for 8 streams, so none of them is expanded.
+        assert_eq!(mem.requests.load(Ordering::SeqCst), 64 + 2);
+    }
+
+    #[tokio::test]
+    async fn a_bucket_that_fits_in_a_page_takes_one_round_trip() {
+        let keys: Vec<String> = (0..10)
+            .flat_map(|d| (0..5).map(move |i| format!("d{d}/k{i}")))
+            .collect();
+        let mem = Mem::new(keys.clone(), 100);
+        let (got, _) = collect(mem.clone(), "", 8).await;
+        assert_eq!(got, sorted(&keys));
+        // Its first page and its delimited listing, at once; nothing listed twice.
+        assert_eq!(mem.requests.load(Ordering::SeqCst), 2);
+        assert_eq!(mem.max_in_flight.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
     async fn a_level_wider_than_a_page_is_one_stream() {
         // 64 prefixes at 10 entries a page: the root's delimited listing does not fit in a page, so
-        // the root is listed as one stream (one request wasted on finding out), in order.
+        // the root is listed as one stream going on from its first page (one request more), in order.
         let keys: Vec<String> = (0..64)
             .flat_map(|d| (0..5).map(move |i| format!("d{d:02}/k{i:03}")))
             .collect();
