@@ -99,9 +99,11 @@ class Latency(bench.Bench):
         n = a.objects
         name = flat_name if a.flat else key_name
         items = {name(i, n): a.size for i in range(n)}
-        bucket = "l-flat" if a.flat else "l"
+        bucket = "latency-flat" if a.flat else "latency"
         self.start_server()
         expected, _ = self.seed(bucket, items)
+        while a.wait_for_bin and not os.access(a.bin, os.X_OK):  # seeded while it builds
+            time.sleep(5)
         self.state = os.path.join(self.dest_root, "s3backup.state")
         # The template: s3backup's full copy, straight from the server (no delay), kept aside.
         dest = self.dest_of("s3backup")
@@ -125,9 +127,10 @@ class Latency(bench.Bench):
         rows = []
 
         def one(scen, tool, rep, changed):
-            self.restore(tool)
-            open(log, "wb").close()
             dest = self.dest_of(tool)
+            if changed or not os.path.exists(dest):  # a no-op leaves the copy as it was
+                self.restore(tool)
+            open(log, "wb").close()
             r = self.measure(scen, tool, rep, self.l_argv(tool, bucket, dest, proxy), env, a.timeout)
             counts, keys = self.count_requests(log, bucket)
             files = count_files(dest)
@@ -204,6 +207,7 @@ def main():
     p.add_argument("--venv", required=True, help=argparse.SUPPRESS)
     p.add_argument("--cache", required=True, help=argparse.SUPPRESS)
     p.add_argument("--bin", help="s3backup binary (default as bench.py)")
+    p.add_argument("--wait-for-bin", action="store_true", help="seed first, then wait until --bin exists")
     p.add_argument("--objects", type=int, default=200_000)
     p.add_argument("--size", type=int, default=256, help="object size in bytes (256)")
     p.add_argument("--flat", action="store_true", help="keys without any '/' (img_N.jpg) instead of photos/YYYY/MM/")
@@ -218,7 +222,7 @@ def main():
     p.add_argument("--out", default=os.path.join(HERE, "results-latency"))
     p.add_argument("--keep", action="store_true")
     a = p.parse_args()
-    a.bin = bench.pick_bin(a.bin)
+    a.bin = os.path.abspath(a.bin) if a.wait_for_bin and a.bin else bench.pick_bin(a.bin)
     a.tmpfs, a.tools, a.small, a.parallel = True, None, False, 16
     b = Latency(a)
     t0 = time.time()
