@@ -10,7 +10,12 @@ key (200 or 206, so one part or range of a multipart object) gets one byte flipp
 of the key pass unchanged, so a tool that notices and fetches again ends with the right bytes. Each flip
 is logged as "CORRUPTED <key>". That is benchmark scenario V: which tools notice a corrupted download.
 
-    countproxy.py LISTEN_PORT UPSTREAM_PORT LOG [--corrupt-first-get]
+With --list-delay-ms MS, each ListObjectsV2 request (a GET of the bucket itself) is held MS milliseconds
+before it is forwarded, and with --get-delay-ms MS each other request (object GETs, HEADs): the first byte
+of the answer comes that much later, as it does from S3 (100-300 ms a LIST page). That is benchmark scenario
+L: listing at S3's latency. The tests have a Rust proxy of their own (tests/common/latency.rs).
+
+    countproxy.py LISTEN_PORT UPSTREAM_PORT LOG [--corrupt-first-get] [--list-delay-ms MS] [--get-delay-ms MS]
 """
 import asyncio
 import sys
@@ -18,6 +23,14 @@ import urllib.parse
 
 LISTEN, UPSTREAM, LOG = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 CORRUPT = "--corrupt-first-get" in sys.argv[4:]
+
+
+def flag_ms(name):
+    rest = sys.argv[4:]
+    return float(rest[rest.index(name) + 1]) / 1000 if name in rest else 0.0
+
+
+LIST_DELAY, GET_DELAY = flag_ms("--list-delay-ms"), flag_ms("--get-delay-ms")
 log = open(LOG, "ab", buffering=0)
 corrupted = set()
 
@@ -81,6 +94,15 @@ async def relay_chunked(reader, writer, flip=False):
             flipped = True
         writer.write(data)
         await writer.drain()
+
+
+def is_list(request_line):
+    """A GET of the bucket itself (path-style /bucket?list-type=2...): a listing."""
+    parts = request_line.decode("latin-1").split()
+    if len(parts) < 2 or parts[0] != "GET":
+        return False
+    path = urllib.parse.urlsplit(parts[1]).path.strip("/")
+    return "/" not in path
 
 
 def object_key(request_line):
@@ -147,6 +169,11 @@ async def handle(creader, cwriter):
             head = await creader.readuntil(b"\r\n\r\n")
             lines = head.split(b"\r\n")
             log.write(lines[0] + b"\n")
+            delay = LIST_DELAY if is_list(lines[0]) else GET_DELAY
+            if delay:
+                # Before forwarding: the client sends its next request on this connection only after
+                # this answer, so holding the request delays exactly this answer's first byte.
+                await asyncio.sleep(delay)
             asked.put_nowait(lines[0])
             length, chunked = framing(lines)
             swriter.write(head)

@@ -214,6 +214,7 @@ async fn list_and_fetch(
         config.bucket.clone(),
         config.prefix.clone(),
         LISTING_DEPTH,
+        config.list_concurrency,
     );
     let mut planner = Some(Planner::new(!config.dry_run, prep.catalog.clone()));
     let mut first_page = true;

@@ -166,6 +166,11 @@ pub struct BackupArgs {
     /// Requests in flight at once.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_CONCURRENCY)]
     pub concurrency: usize,
+    /// ListObjectsV2 streams at once: the key space is cut into prefixes, listed in parallel and merged
+    /// back in byte order (1: one sequential listing).
+    #[arg(long, env = "S3BACKUP_LIST_CONCURRENCY", value_name = "N",
+          default_value_t = config::DEFAULT_LIST_CONCURRENCY)]
+    pub list_concurrency: usize,
     /// Where the lock, run state and last-run report live
     /// [default: $XDG_STATE_HOME/s3backup, else $HOME/.local/state/s3backup].
     #[arg(long, value_name = "DIR")]
@@ -271,6 +276,7 @@ impl BackupArgs {
             config::validate_endpoint(e)?;
         }
         let concurrency = config::validate_concurrency(self.concurrency)?;
+        let list_concurrency = config::validate_list_concurrency(self.list_concurrency)?;
         let state_dir = state_dir(self.state_dir)?;
         config::check_state_outside(&state_dir, &dest)?;
         if let Some(ns) = &self.cloudwatch_namespace {
@@ -284,6 +290,7 @@ impl BackupArgs {
             force_path_style: self.force_path_style,
             region: self.region.filter(|r| !r.is_empty()),
             concurrency,
+            list_concurrency,
             state_dir,
             dry_run: self.dry_run,
             json: self.json,

@@ -14,6 +14,8 @@ pub struct Config {
     pub force_path_style: bool,
     pub region: Option<String>,
     pub concurrency: usize,
+    /// `--list-concurrency N`: ListObjectsV2 streams at once (1: one sequential listing).
+    pub list_concurrency: usize,
     /// Absolute; the per-destination state lives below it.
     pub state_dir: PathBuf,
     pub dry_run: bool,
@@ -34,6 +36,8 @@ pub struct Config {
 }
 
 pub const DEFAULT_CONCURRENCY: usize = 16;
+/// Chosen by measurement (bench/README.md, scenario L).
+pub const DEFAULT_LIST_CONCURRENCY: usize = 16;
 pub const DEFAULT_KEEP_DAYS: u32 = 30;
 pub const DEFAULT_MAX_DELETE_PERCENT: u8 = 50;
 pub const MAX_CONCURRENCY: usize = 256;
@@ -54,6 +58,8 @@ pub enum ConfigError {
     BadEndpoint(String),
     #[error("--concurrency {0}: must be between 1 and {MAX_CONCURRENCY}")]
     BadConcurrency(usize),
+    #[error("--list-concurrency {0}: must be between 1 and {MAX_CONCURRENCY}")]
+    BadListConcurrency(usize),
     #[error(
         "no state directory: pass --state-dir, or set XDG_STATE_HOME or HOME (default $XDG_STATE_HOME/s3backup, else $HOME/.local/state/s3backup)"
     )]
@@ -164,6 +170,10 @@ pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
         return Err(bad());
     }
     Ok(bytes as u64)
+}
+
+pub fn validate_list_concurrency(n: usize) -> Result<usize, ConfigError> {
+    validate_concurrency(n).map_err(|_| ConfigError::BadListConcurrency(n))
 }
 
 /// `$XDG_STATE_HOME/s3backup`, else `$HOME/.local/state/s3backup` (XDG base directory spec: relative

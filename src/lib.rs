@@ -316,6 +316,7 @@ fn prepare_restore(
         force_path_style: args.force_path_style,
         region: args.region.filter(|r| !r.is_empty()),
         concurrency,
+        list_concurrency: 1,
         state_dir: d.state_dir,
         dry_run: args.dry_run,
         json: args.json,

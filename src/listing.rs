@@ -1,7 +1,10 @@
-//! Bucket listing: ListObjectsV2 through the SDK paginator, streamed page by page into a bounded channel.
+//! Bucket listing: ListObjectsV2, streamed page by page into a bounded channel, in S3's byte order; one
+//! stream through the SDK paginator, or several at once over prefixes (`parallel`), merged back in order.
 //!
 //! Keys are requested URL-encoded (`encoding-type=url`) because XML 1.0 cannot carry most control
 //! characters; they are decoded here, so the rest of the engine only ever sees the real key.
+
+mod parallel;
 
 use std::time::SystemTime;
 
@@ -41,15 +44,31 @@ pub enum ListError {
     BadKey(String),
 }
 
-/// Start listing `bucket` (under `prefix`) in the background. Pages arrive in listing order; at most
-/// `depth` pages wait in the channel, so memory is bounded however large the bucket is.
+/// Start listing `bucket` (under `prefix`) in the background, `concurrency` ListObjectsV2 streams at
+/// once (1: the single paginated stream). Pages arrive in byte order; at most `depth` pages wait in the
+/// channel (plus two per stream with `concurrency` > 1), so memory is bounded however large the bucket
+/// is. An `Err` ends the pages: the listing is complete exactly when none came.
 pub fn spawn(
     client: Client,
     bucket: String,
     prefix: Option<String>,
     depth: usize,
+    concurrency: usize,
 ) -> mpsc::Receiver<Page> {
     let (tx, rx) = mpsc::channel(depth);
+    if concurrency > 1 {
+        let source = S3Source {
+            client,
+            bucket: bucket.into(),
+        };
+        tokio::spawn(parallel::run(
+            source,
+            prefix.unwrap_or_default(),
+            concurrency,
+            tx,
+        ));
+        return rx;
+    }
     tokio::spawn(async move {
         let mut pages = client
             .list_objects_v2()
@@ -76,6 +95,69 @@ pub fn spawn(
         }
     });
     rx
+}
+
+/// ListObjectsV2 requests on one bucket, for the parallel listing.
+#[derive(Clone)]
+struct S3Source {
+    client: Client,
+    bucket: std::sync::Arc<str>,
+}
+
+impl parallel::Source for S3Source {
+    async fn page(
+        &self,
+        prefix: String,
+        delimited: bool,
+        token: Option<String>,
+    ) -> Result<parallel::RawPage, ListError> {
+        let out = self
+            .client
+            .list_objects_v2()
+            .bucket(&*self.bucket)
+            .prefix(prefix)
+            .set_delimiter(delimited.then(|| "/".to_owned()))
+            .set_continuation_token(token)
+            .encoding_type(EncodingType::Url)
+            .send()
+            .await
+            .map_err(|e| classify(&self.bucket, &e))?;
+        let url_encoded = out.encoding_type() == Some(&EncodingType::Url);
+        let objects = out
+            .contents()
+            .iter()
+            .map(|o| object_info(o, url_encoded))
+            .collect::<Result<Vec<_>, _>>()?;
+        let prefixes = out
+            .common_prefixes()
+            .iter()
+            .map(|p| {
+                let raw = p.prefix().unwrap_or_default();
+                if url_encoded {
+                    decode_key(raw).ok_or_else(|| ListError::BadKey(raw.to_owned()))
+                } else {
+                    Ok(raw.to_owned())
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = match (out.is_truncated(), out.next_continuation_token()) {
+            (Some(true), Some(t)) => Some(t.to_owned()),
+            (Some(true), None) => {
+                return Err(ListError::Other {
+                    detail: format!(
+                        "listing bucket {}: a truncated page without a continuation token",
+                        self.bucket
+                    ),
+                });
+            }
+            _ => None,
+        };
+        Ok(parallel::RawPage {
+            objects,
+            prefixes,
+            next,
+        })
+    }
 }
 
 fn object_info(o: &Object, url_encoded: bool) -> Result<ObjectInfo, ListError> {

@@ -3,6 +3,8 @@
 //! proxy.
 #![allow(dead_code)]
 
+pub mod latency;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

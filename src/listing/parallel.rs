@@ -1,0 +1,663 @@
+//! Parallel listing: the bucket's key space cut into prefixes found with `/`-delimited listings
+//! (breadth-first), each prefix listed as its own ListObjectsV2 stream, `concurrency` at a time, and the
+//! streams joined back into one sequence of pages in S3's byte order.
+//!
+//! Why prefixes and not `StartAfter` ranges: a `Prefix=` listing returns exactly the keys that start with
+//! it on every server, whatever order the server lists in (SeaweedFS lists `data/x` before `data-2024/x`,
+//! and its `StartAfter` follows that order, so a byte-order range split can skip keys there). The order
+//! between prefixes is ours to choose: a delimited listing's direct keys and common prefixes, sorted as
+//! byte strings, are in byte order, because every key under `P/` sorts next to `P/` itself (no direct key
+//! starts with `P/`). So the planner still sees `a` before `a/b`, the same on every run.
+//!
+//! Discovery asks, for each prefix of a level, its first page of keys and its delimited listing at once
+//! (one round trip a level): a prefix whose keys fit in that page is done, in one request, so small
+//! prefixes are never listed twice; a bigger one is replaced by its sub-prefixes, or, when it has none or
+//! too many for a page, listed as one stream that goes on from that first page.
+//!
+//! Bounds: discovery keeps at most one page of keys per prefix it expands; then at most
+//! `concurrency` prefix listings run ahead of the consumer, each holding at most two pages (one waiting
+//! in its channel, one in hand). Any error ends the sequence with an `Err` in its place, so a consumer
+//! that saw no `Err` saw every key.
+
+use std::collections::VecDeque;
+use std::future::Future;
+
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use super::{ListError, ObjectInfo, Page};
+
+/// A page as S3 gives it: objects, and with a delimiter the common prefixes; `next` is the continuation
+/// token when there is more.
+#[derive(Debug, Default)]
+pub struct RawPage {
+    pub objects: Vec<ObjectInfo>,
+    pub prefixes: Vec<String>,
+    pub next: Option<String>,
+}
+
+/// One ListObjectsV2 request (S3 in production; an in-memory bucket in the unit tests below).
+pub trait Source: Clone + Send + Sync + 'static {
+    fn page(
+        &self,
+        prefix: String,
+        delimited: bool,
+        token: Option<String>,
+    ) -> impl Future<Output = Result<RawPage, ListError>> + Send;
+}
+
+/// Stop expanding once the key space is cut into this many prefixes per stream: enough that the streams
+/// stay busy when prefixes differ in size, few enough that discovery stays a few round trips.
+const UNITS_PER_STREAM: usize = 4;
+/// Deepest level of prefixes expanded (each level is one round trip before listing starts).
+const MAX_LEVELS: usize = 6;
+/// Keys per page handed to the consumer (S3's page size).
+const PAGE: usize = 1000;
+
+/// What discovery leaves: keys already listed, and prefixes still to list (`Open`: not looked into yet,
+/// may be expanded; `Flat`: listed as one stream going on from its first page, because it has no
+/// sub-prefixes or too many for a page).
+#[derive(Debug)]
+enum Node {
+    Key(ObjectInfo),
+    Open(String),
+    Flat(String, Resume),
+}
+
+/// The first page of a prefix's keys, and the continuation token after it.
+#[derive(Debug)]
+struct Resume {
+    first: Vec<ObjectInfo>,
+    token: String,
+}
+
+impl Node {
+    fn sort_key(&self) -> &str {
+        match self {
+            Node::Key(o) => &o.key,
+            Node::Open(p) | Node::Flat(p, _) => p,
+        }
+    }
+}
+
+/// List everything under `root` into `tx`, `concurrency` streams at a time.
+pub async fn run<S: Source>(source: S, root: String, concurrency: usize, tx: mpsc::Sender<Page>) {
+    let concurrency = concurrency.max(1);
+    let mut out = Out::new(tx);
+    let nodes = match discover(&source, root, concurrency, &mut out).await {
+        Ok(Some(nodes)) => nodes,
+        Ok(None) => return,
+        Err(e) => {
+            out.fail(e).await;
+            return;
+        }
+    };
+    if let Err(e) = join(&source, nodes, concurrency, &mut out).await {
+        out.fail(e).await;
+        return;
+    }
+    out.finish().await;
+}
+
+/// Breadth-first: expand every open prefix of a level (in parallel), until there are enough prefixes to
+/// list, or none left to expand. `Ok(None)`: the consumer is gone.
+async fn discover<S: Source>(
+    source: &S,
+    root: String,
+    concurrency: usize,
+    out: &mut Out,
+) -> Result<Option<Vec<Node>>, ListError> {
+    let target = concurrency * UNITS_PER_STREAM;
+    let mut nodes = vec![Node::Open(root)];
+    for level in 0..MAX_LEVELS {
+        let open: Vec<String> = nodes
+            .iter()
+            .filter_map(|n| match n {
+                Node::Open(p) => Some(p.clone()),
+                _ => None,
+            })
+            .collect();
+        let units = nodes.iter().filter(|n| !matches!(n, Node::Key(_))).count();
+        if open.is_empty() || (level > 0 && units >= target) {
+            break;
+        }
+        let expanded: Vec<Result<Vec<Node>, ListError>> = futures::stream::iter(open)
+            .map(|p| expand(source, p))
+            // Two requests each: `concurrency` in flight.
+            .buffered((concurrency / 2).max(1))
+            .collect()
+            .await;
+        let mut expanded = expanded.into_iter();
+        let mut next = Vec::with_capacity(nodes.len());
+        for n in nodes {
+            match n {
+                Node::Open(_) => next.extend(expanded.next().expect("one result per open prefix")?),
+                n => next.push(n),
+            }
+        }
+        nodes = next;
+        // The first request answered: from here on an error breaks a listing that has started (as a
+        // failed second page does in a sequential one), rather than meaning the bucket cannot be listed.
+        if level == 0 && !out.send(Vec::new()).await {
+            return Ok(None);
+        }
+    }
+    Ok(Some(nodes))
+}
+
+/// What takes `prefix`'s place, in byte order: its keys when they fit in one page; else its direct keys
+/// and sub-prefixes when they fit in one page and there are sub-prefixes; else one stream.
+async fn expand<S: Source>(source: &S, prefix: String) -> Result<Vec<Node>, ListError> {
+    // Both at once: one round trip whichever answer decides.
+    let (flat, delimited) = futures::try_join!(
+        source.page(prefix.clone(), false, None),
+        source.page(prefix.clone(), true, None)
+    )?;
+    let mut nodes: Vec<Node> = match flat.next {
+        None => flat.objects.into_iter().map(Node::Key).collect(),
+        Some(token) if delimited.next.is_some() || delimited.prefixes.is_empty() => {
+            return Ok(vec![Node::Flat(
+                prefix,
+                Resume {
+                    first: flat.objects,
+                    token,
+                },
+            )]);
+        }
+        Some(_) => delimited
+            .objects
+            .into_iter()
+            .map(Node::Key)
+            .chain(delimited.prefixes.into_iter().map(Node::Open))
+            .collect(),
+    };
+    // Byte order (`str` compares bytes), whatever order the server used.
+    nodes.sort_by(|a, b| a.sort_key().cmp(b.sort_key()));
+    Ok(nodes)
+}
+
+/// List the prefixes `nodes` names, up to `concurrency` ahead of the one being handed on, and hand
+/// everything on in `nodes`' order.
+async fn join<S: Source>(
+    source: &S,
+    nodes: Vec<Node>,
+    concurrency: usize,
+    out: &mut Out,
+) -> Result<(), ListError> {
+    enum Ahead {
+        Key(ObjectInfo),
+        Listing(String, mpsc::Receiver<Page>),
+    }
+    let mut nodes = nodes.into_iter();
+    let mut ahead: VecDeque<Ahead> = VecDeque::new();
+    let mut listings = 0;
+    loop {
+        while listings < concurrency {
+            match nodes.next() {
+                Some(Node::Key(o)) => ahead.push_back(Ahead::Key(o)),
+                Some(n @ (Node::Open(_) | Node::Flat(..))) => {
+                    let (p, resume) = match n {
+                        Node::Flat(p, r) => (p, Some(r)),
+                        Node::Open(p) => (p, None),
+                        Node::Key(_) => unreachable!(),
+                    };
+                    // One page waits in the channel while the stream fetches the next.
+                    let (tx, rx) = mpsc::channel(1);
+                    tokio::spawn(list_prefix(source.clone(), p.clone(), resume, tx));
+                    ahead.push_back(Ahead::Listing(p, rx));
+                    listings += 1;
+                }
+                None => break,
+            }
+        }
+        let Some(front) = ahead.pop_front() else {
+            return Ok(());
+        };
+        match front {
+            Ahead::Key(o) => {
+                if !out.push(vec![o]).await {
+                    return Ok(());
+                }
+            }
+            Ahead::Listing(prefix, mut rx) => {
+                let mut listed = 0;
+                while let Some(page) = rx.recv().await {
+                    let objects = page?;
+                    listed += objects.len();
+                    if !out.push(objects).await {
+                        return Ok(());
+                    }
+                }
+                if listed == 0 {
+                    // Discovery saw keys under it; none now. Either they were deleted meanwhile, or the
+                    // server sent the prefix in a form that matches nothing: either way this listing
+                    // cannot vouch for what is gone.
+                    return Err(ListError::Other {
+                        detail: format!(
+                            "listing prefix {}: no keys, though the listing above it named it; objects under it were not seen",
+                            crate::errtext::key(&prefix)
+                        ),
+                    });
+                }
+                listings -= 1;
+            }
+        }
+    }
+}
+
+/// Every key under `prefix` (after `resume`'s first page, when given), page by page, into `tx`; an
+/// error ends it. Ends early when nobody listens.
+async fn list_prefix<S: Source>(
+    source: S,
+    prefix: String,
+    resume: Option<Resume>,
+    tx: mpsc::Sender<Page>,
+) {
+    let mut token = None;
+    if let Some(r) = resume {
+        if tx.send(Ok(r.first)).await.is_err() {
+            return;
+        }
+        token = Some(r.token);
+    }
+    loop {
+        let page = source.page(prefix.clone(), false, token.clone()).await;
+        let (objects, next) = match page {
+            Ok(p) => (Ok(p.objects), p.next),
+            Err(e) => (Err(e), None),
+        };
+        let stop = objects.is_err();
+        if tx.send(objects).await.is_err() || stop {
+            return;
+        }
+        match next {
+            Some(t) if Some(&t) != token.as_ref() => token = Some(t),
+            Some(_) => {
+                let _ = tx
+                    .send(Err(ListError::Other {
+                        detail: format!(
+                            "listing prefix {}: the server sent the same continuation token twice",
+                            crate::errtext::key(&prefix)
+                        ),
+                    }))
+                    .await;
+                return;
+            }
+            None => return,
+        }
+    }
+}
+
+/// The consumer's side: regroups keys into pages of up to `PAGE` (discovery finds keys a few at a
+/// time; the planner works a page at a time).
+struct Out {
+    tx: mpsc::Sender<Page>,
+    buf: Vec<ObjectInfo>,
+    sent: bool,
+}
+
+impl Out {
+    fn new(tx: mpsc::Sender<Page>) -> Out {
+        Out {
+            tx,
+            buf: Vec::new(),
+            sent: false,
+        }
+    }
+
+    /// Queue `objects`; false when the consumer is gone.
+    async fn push(&mut self, objects: Vec<ObjectInfo>) -> bool {
+        if self.buf.is_empty() && objects.len() >= PAGE {
+            return self.send(objects).await;
+        }
+        self.buf.extend(objects);
+        while self.buf.len() >= PAGE {
+            let rest = self.buf.split_off(PAGE);
+            let page = std::mem::replace(&mut self.buf, rest);
+            if !self.send(page).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn send(&mut self, objects: Vec<ObjectInfo>) -> bool {
+        self.sent = true;
+        self.tx.send(Ok(objects)).await.is_ok()
+    }
+
+    async fn finish(mut self) {
+        if !self.buf.is_empty() || !self.sent {
+            let page = std::mem::take(&mut self.buf);
+            self.send(page).await;
+        }
+    }
+
+    /// Hand on what was listed before the error, then the error.
+    async fn fail(mut self, e: ListError) {
+        if !self.buf.is_empty() {
+            let page = std::mem::take(&mut self.buf);
+            if !self.send(page).await {
+                return;
+            }
+        }
+        let _ = self.tx.send(Err(e)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// An in-memory bucket that answers like S3: byte order, `page_size` entries a page, common
+    /// prefixes rolled up at the first `/` after the prefix, and the last entry as continuation token.
+    #[derive(Clone)]
+    struct Mem {
+        keys: Arc<BTreeSet<String>>,
+        /// Entries a page of a listing without / with a delimiter.
+        page_size: usize,
+        delimited_page_size: usize,
+        requests: Arc<AtomicUsize>,
+        in_flight: Arc<AtomicUsize>,
+        max_in_flight: Arc<AtomicUsize>,
+        /// Fail the request for this prefix whose continuation token is set (a listing half-way).
+        fail_after_first_page_of: Option<String>,
+        log: Arc<Mutex<Vec<(String, bool)>>>,
+    }
+
+    impl Mem {
+        fn new(keys: impl IntoIterator<Item = String>, page_size: usize) -> Mem {
+            Mem {
+                keys: Arc::new(keys.into_iter().collect()),
+                page_size,
+                delimited_page_size: page_size,
+                requests: Arc::default(),
+                in_flight: Arc::default(),
+                max_in_flight: Arc::default(),
+                fail_after_first_page_of: None,
+                log: Arc::default(),
+            }
+        }
+    }
+
+    fn obj(key: &str) -> ObjectInfo {
+        ObjectInfo {
+            key: key.to_owned(),
+            size: 1,
+            etag: None,
+            last_modified: None,
+            checksum_type: None,
+        }
+    }
+
+    impl Source for Mem {
+        async fn page(
+            &self,
+            prefix: String,
+            delimited: bool,
+            token: Option<String>,
+        ) -> Result<RawPage, ListError> {
+            self.requests.fetch_add(1, Ordering::SeqCst);
+            self.log.lock().unwrap().push((prefix.clone(), delimited));
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+            // Let other streams run, so that concurrency is real.
+            for _ in 0..3 {
+                tokio::task::yield_now().await;
+            }
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            if token.is_some() && self.fail_after_first_page_of.as_deref() == Some(&prefix) {
+                return Err(ListError::Other {
+                    detail: format!("injected failure under {prefix}"),
+                });
+            }
+            let mut page = RawPage::default();
+            let mut entries = 0;
+            let page_size = if delimited {
+                self.delimited_page_size
+            } else {
+                self.page_size
+            };
+            let start = token.clone().unwrap_or_default();
+            for k in self.keys.range::<String, _>(&start..) {
+                if token.is_some() && *k <= start {
+                    continue;
+                }
+                if !k.starts_with(&prefix) {
+                    if k.as_str() > prefix.as_str() {
+                        break;
+                    }
+                    continue;
+                }
+                let rest = &k[prefix.len()..];
+                let common = match rest.find('/') {
+                    Some(i) if delimited => {
+                        let cp = format!("{prefix}{}", &rest[..=i]);
+                        if page.prefixes.last() == Some(&cp) {
+                            continue;
+                        }
+                        Some(cp)
+                    }
+                    _ => None,
+                };
+                if entries == page_size {
+                    page.next = Some(match (page.prefixes.last(), page.objects.last()) {
+                        (Some(p), Some(o)) => p.clone().max(o.key.clone()),
+                        (Some(p), None) => p.clone(),
+                        (None, Some(o)) => o.key.clone(),
+                        (None, None) => unreachable!(),
+                    });
+                    break;
+                }
+                entries += 1;
+                match common {
+                    Some(cp) => page.prefixes.push(cp),
+                    None => page.objects.push(obj(k)),
+                }
+            }
+            // A common prefix as token means "after everything under it" (as S3 does).
+            if let Some(t) = &page.next
+                && t.ends_with('/')
+                && page.prefixes.last() == Some(t)
+            {
+                page.next = Some(format!("{t}\u{10FFFF}"));
+            }
+            Ok(page)
+        }
+    }
+
+    async fn collect(mem: Mem, root: &str, concurrency: usize) -> (Vec<String>, Option<String>) {
+        let (tx, mut rx) = mpsc::channel(2);
+        tokio::spawn(run(mem, root.to_owned(), concurrency, tx));
+        let mut keys = Vec::new();
+        let mut error = None;
+        while let Some(p) = rx.recv().await {
+            match p {
+                Ok(objs) => {
+                    assert!(objs.len() <= PAGE);
+                    keys.extend(objs.into_iter().map(|o| o.key));
+                }
+                Err(e) => {
+                    error = Some(e.to_string());
+                    assert!(rx.recv().await.is_none(), "nothing after the error");
+                }
+            }
+        }
+        (keys, error)
+    }
+
+    /// Nested and flat, with names where byte order and a "`/` first" order disagree (`data-2024/x`
+    /// before `data/x`), a file beside a prefix of the same name, markers, empty segments.
+    fn mixed() -> Vec<String> {
+        let mut keys = vec![
+            "a".to_owned(),
+            "a/b".into(),
+            "a-b".into(),
+            "a/".into(),
+            "a//c".into(),
+            "/abs".into(),
+            "data/x".into(),
+            "data-2024/x".into(),
+            "data0".into(),
+            "z".into(),
+            "\u{1}ctl".into(),
+            "日本/語".into(),
+        ];
+        for y in 0..7 {
+            for m in 0..5 {
+                for i in 0..(y * 3 + m) {
+                    keys.push(format!("photos/{y}/{m:02}/img_{i:04}.jpg"));
+                }
+            }
+        }
+        for i in 0..57 {
+            keys.push(format!("flat_{i:03}"));
+        }
+        for i in 0..40 {
+            keys.push(format!("wide/{i:02}/f"));
+        }
+        keys
+    }
+
+    fn sorted(keys: &[String]) -> Vec<String> {
+        let mut s = keys.to_vec();
+        s.sort();
+        s.dedup();
+        s
+    }
+
+    #[tokio::test]
+    async fn parallel_listing_is_the_sequential_listing_in_byte_order() {
+        let keys = mixed();
+        for (page_size, delimited_page_size) in [(1, 1), (3, 3), (3, 1000), (7, 50), (1000, 1000)] {
+            for concurrency in [2, 3, 8, 32] {
+                let mut mem = Mem::new(keys.clone(), page_size);
+                mem.delimited_page_size = delimited_page_size;
+                let (got, err) = collect(mem.clone(), "", concurrency).await;
+                assert_eq!(err, None);
+                assert_eq!(
+                    got,
+                    sorted(&keys),
+                    "page {page_size}, streams {concurrency}"
+                );
+                assert!(mem.max_in_flight.load(Ordering::SeqCst) <= concurrency);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_prefix_root_lists_only_under_it() {
+        let keys = mixed();
+        let mem = Mem::new(keys.clone(), 4);
+        let (got, err) = collect(mem, "photos/", 4).await;
+        assert_eq!(err, None);
+        let want: Vec<String> = sorted(&keys)
+            .into_iter()
+            .filter(|k| k.starts_with("photos/"))
+            .collect();
+        assert_eq!(got, want);
+        // A root that is not a folder: `a` matches `a`, `a/...`, `a-b`.
+        let (got, _) = collect(Mem::new(keys.clone(), 2), "a", 3).await;
+        let want: Vec<String> = sorted(&keys)
+            .into_iter()
+            .filter(|k| k.starts_with('a'))
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[tokio::test]
+    async fn streams_run_at_once_and_requests_stay_near_the_page_count() {
+        let keys: Vec<String> = (0..64)
+            .flat_map(|d| (0..50).map(move |i| format!("d{d:02}/k{i:03}")))
+            .collect();
+        let mem = Mem::new(keys.clone(), 100);
+        let (got, _) = collect(mem.clone(), "", 8).await;
+        assert_eq!(got, sorted(&keys));
+        assert_eq!(mem.max_in_flight.load(Ordering::SeqCst), 8);
+        // One page of keys per prefix, plus a first page and a delimited request for the root: 64
+        // prefixes are enough units for 8 streams, so none of them is expanded.
+        assert_eq!(mem.requests.load(Ordering::SeqCst), 64 + 2);
+    }
+
+    #[tokio::test]
+    async fn a_bucket_that_fits_in_a_page_takes_one_round_trip() {
+        let keys: Vec<String> = (0..10)
+            .flat_map(|d| (0..5).map(move |i| format!("d{d}/k{i}")))
+            .collect();
+        let mem = Mem::new(keys.clone(), 100);
+        let (got, _) = collect(mem.clone(), "", 8).await;
+        assert_eq!(got, sorted(&keys));
+        // Its first page and its delimited listing, at once; nothing listed twice.
+        assert_eq!(mem.requests.load(Ordering::SeqCst), 2);
+        assert_eq!(mem.max_in_flight.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_level_wider_than_a_page_is_one_stream() {
+        // 64 prefixes at 10 entries a page: the root's delimited listing does not fit in a page, so
+        // the root is listed as one stream going on from its first page (one request more), in order.
+        let keys: Vec<String> = (0..64)
+            .flat_map(|d| (0..5).map(move |i| format!("d{d:02}/k{i:03}")))
+            .collect();
+        let mem = Mem::new(keys.clone(), 10);
+        let (got, _) = collect(mem.clone(), "", 8).await;
+        assert_eq!(got, sorted(&keys));
+        assert_eq!(mem.requests.load(Ordering::SeqCst), 1 + 32);
+    }
+
+    #[tokio::test]
+    async fn pages_handed_on_hold_at_most_a_page() {
+        // `a0` comes from discovery, then a full page of `b/`: regrouped as 1,000 + 1,000 + 501.
+        let keys: Vec<String> = std::iter::once("a0".to_owned())
+            .chain((0..2500).map(|i| format!("b/{i:04}")))
+            .collect();
+        let (tx, mut rx) = mpsc::channel(2);
+        tokio::spawn(run(Mem::new(keys.clone(), 1000), String::new(), 4, tx));
+        let mut sizes = Vec::new();
+        while let Some(p) = rx.recv().await {
+            sizes.push(p.unwrap().len());
+        }
+        assert_eq!(sizes, [0, 1000, 1000, 501]);
+    }
+
+    #[tokio::test]
+    async fn an_empty_bucket_gives_one_empty_page() {
+        let (tx, mut rx) = mpsc::channel(2);
+        tokio::spawn(run(Mem::new(Vec::<String>::new(), 5), String::new(), 4, tx));
+        assert_eq!(rx.recv().await.unwrap().unwrap(), vec![]);
+        assert!(rx.recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_stream_failing_half_way_ends_the_listing_with_its_error_in_place() {
+        let keys = mixed();
+        let mut mem = Mem::new(keys.clone(), 3);
+        mem.delimited_page_size = 1000;
+        mem.fail_after_first_page_of = Some("photos/3/02/".into());
+        let (got, err) = collect(mem.clone(), "photos/", 4).await;
+        assert!(
+            mem.log
+                .lock()
+                .unwrap()
+                .contains(&("photos/3/02/".to_owned(), false)),
+            "photos/3/02/ was listed as a prefix of its own"
+        );
+        let err = err.expect("an error");
+        assert!(err.contains("injected failure under photos/3/02/"), "{err}");
+        // Everything before the broken prefix, then its first page, and nothing after it.
+        let all: Vec<String> = sorted(&keys)
+            .into_iter()
+            .filter(|k| k.starts_with("photos/"))
+            .collect();
+        let before: Vec<&String> = all
+            .iter()
+            .take_while(|k| k.as_str() < "photos/3/02/")
+            .collect();
+        assert_eq!(got.len(), before.len() + 3);
+        assert!(got.iter().zip(&all).all(|(a, b)| a == b));
+    }
+}

@@ -1,0 +1,167 @@
+//! A latency proxy in front of a test S3 server: holds each ListObjectsV2 request for `list_delay`
+//! and each other request (object GETs, HEADs) for `get_delay` before forwarding it, so that the first
+//! byte of every answer comes that much later, as S3's 100-300 ms per LIST page makes it. It counts LISTs
+//! and the most in flight at once (the proof that listings ran in parallel), and can answer chosen LISTs
+//! with 403 AccessDenied instead of forwarding them (a listing that breaks half-way).
+//!
+//! One request per connection (it asks the server to close after answering), as `Proxy` in `mod.rs`.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+#[derive(Default)]
+struct State {
+    list_delay: Duration,
+    get_delay: Duration,
+    /// Answer 403 to LISTs whose request line contains all of these.
+    fail_list: Option<Vec<String>>,
+    lists: Vec<String>,
+    failed: usize,
+}
+
+pub struct LatencyProxy {
+    pub endpoint: String,
+    state: Arc<Mutex<State>>,
+    in_flight: Arc<AtomicUsize>,
+    max_in_flight: Arc<AtomicUsize>,
+}
+
+impl LatencyProxy {
+    pub fn start(upstream: &str, list_delay: Duration, get_delay: Duration) -> LatencyProxy {
+        let upstream = upstream
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let state = Arc::new(Mutex::new(State {
+            list_delay,
+            get_delay,
+            ..State::default()
+        }));
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let max_in_flight = Arc::new(AtomicUsize::new(0));
+        let (st, inf, max) = (state.clone(), in_flight.clone(), max_in_flight.clone());
+        thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { break };
+                let (st, inf, max, up) = (st.clone(), inf.clone(), max.clone(), upstream.clone());
+                thread::spawn(move || {
+                    let _ = serve(client, &up, &st, &inf, &max);
+                });
+            }
+        });
+        LatencyProxy {
+            endpoint,
+            state,
+            in_flight,
+            max_in_flight,
+        }
+    }
+
+    /// From now on, answer 403 AccessDenied to every LIST whose request line contains all of `parts`.
+    pub fn fail_lists_containing(&self, parts: &[&str]) {
+        self.state.lock().unwrap().fail_list = Some(parts.iter().map(|s| s.to_string()).collect());
+    }
+
+    /// LISTs answered with 403 so far.
+    pub fn failed(&self) -> usize {
+        self.state.lock().unwrap().failed
+    }
+
+    /// The request lines of the LISTs seen since the last call, and the most that were in flight at
+    /// once meanwhile; both start again from zero.
+    pub fn take_lists(&self) -> (Vec<String>, usize) {
+        let lists = std::mem::take(&mut self.state.lock().unwrap().lists);
+        let max = self.max_in_flight.swap(0, Ordering::SeqCst);
+        (lists, max)
+    }
+}
+
+fn is_list(line: &str) -> bool {
+    line.starts_with("GET ") && line.contains("list-type=2")
+}
+
+fn serve(
+    mut client: TcpStream,
+    upstream: &str,
+    state: &Mutex<State>,
+    in_flight: &AtomicUsize,
+    max_in_flight: &AtomicUsize,
+) -> std::io::Result<()> {
+    // Only GETs and HEADs go through here (s3backup reads): a request is its header block.
+    let mut head = Vec::new();
+    let mut buf = [0u8; 8192];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = client.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let line = text.lines().next().unwrap_or_default().to_owned();
+    let list = is_list(&line);
+    let (delay, fail) = {
+        let mut s = state.lock().unwrap();
+        if list {
+            s.lists.push(line.clone());
+        }
+        let fail = list
+            && s.fail_list
+                .as_ref()
+                .is_some_and(|parts| parts.iter().all(|p| line.contains(p.as_str())));
+        if fail {
+            s.failed += 1;
+        }
+        (if list { s.list_delay } else { s.get_delay }, fail)
+    };
+    let _counted = list.then(|| InFlight::enter(in_flight, max_in_flight));
+    thread::sleep(delay);
+    if fail {
+        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>";
+        write!(
+            client,
+            "HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )?;
+        return Ok(());
+    }
+    let mut server = TcpStream::connect(upstream)?;
+    let mut rewritten = String::new();
+    for (i, l) in text.split("\r\n").enumerate() {
+        if l.is_empty() {
+            break;
+        }
+        if i > 0 && l.to_ascii_lowercase().starts_with("connection:") {
+            continue;
+        }
+        rewritten.push_str(l);
+        rewritten.push_str("\r\n");
+    }
+    rewritten.push_str("Connection: close\r\n\r\n");
+    server.write_all(rewritten.as_bytes())?;
+    std::io::copy(&mut server, &mut client)?;
+    Ok(())
+}
+
+/// Counts a LIST in flight for as long as it lives.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(n: &'a AtomicUsize, max: &AtomicUsize) -> InFlight<'a> {
+        let now = n.fetch_add(1, Ordering::SeqCst) + 1;
+        max.fetch_max(now, Ordering::SeqCst);
+        InFlight(n)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
