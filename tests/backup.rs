@@ -1023,6 +1023,50 @@ fn help_documents_exit_codes_and_cron_entry_renders() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--user"));
 }
 
+/// A schedule cron would never run (or would refuse) is exit 2 with one line naming the field and the
+/// value, and nothing on stdout that could be installed as a cron.d file.
+#[test]
+fn cron_entry_refuses_a_schedule_cron_would_never_run() {
+    let s = Scratch::new();
+    let cron_entry = |schedule: &str| {
+        command(&s)
+            .args(["cron-entry", "--user", "user", "--bucket", "images"])
+            .args(["--dest", "/home/user/myS3backup", "--schedule", schedule])
+            .output()
+            .unwrap()
+    };
+    for (schedule, says) in [
+        ("99 * * * *", "minute 99 is out of range 0-59"),
+        ("0 3 * * 1-9", "day of week 9 is out of range 0-7"),
+        ("*/0 3 * * *", "minute step */0 must be at least 1"),
+        ("0 3 31-1 * *", "day of month range 31-1 runs backwards"),
+        (
+            "0 3 * smarch *",
+            "month \"smarch\" is neither a number nor a name (jan-dec)",
+        ),
+    ] {
+        let out = cron_entry(schedule);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{schedule:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{schedule:?}: {out:?}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.starts_with(&format!("error: --schedule {schedule:?}: {says}")),
+            "{schedule:?}: {stderr}"
+        );
+    }
+    for schedule in ["*/15 1-5 * jan-jun mon-fri", "@weekly"] {
+        let out = cron_entry(schedule);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("{schedule} user /usr/local/bin/s3backup "))),
+            "{text}"
+        );
+    }
+}
+
 #[test]
 fn files_of_the_destination_are_never_touched_by_a_failed_run() {
     // A good copy stays when the new version cannot be fetched (the object became unreadable).
