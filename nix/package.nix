@@ -33,6 +33,9 @@ let
   commonArgs = {
     inherit src;
     strictDeps = true;
+    # SQLite trimmed to what the catalog uses, exactly as a cargo build outside Nix compiles it: the
+    # value is read from .cargo/config.toml's [env], its one definition.
+    inherit ((lib.importTOML ../.cargo/config.toml).env) LIBSQLITE3_FLAGS;
   };
 
   # The dependencies alone (including dev-dependencies), built once and shared with the checks.

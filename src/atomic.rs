@@ -527,11 +527,7 @@ mod tests {
         for &(a, b) in &ranges {
             outer.update(md5::Md5::digest(&body[a as usize..b as usize]));
         }
-        let hexs: String = outer
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hexs = hex::encode(outer.finalize());
         let good = format!("\"{}-3\"", hexs.to_uppercase());
         let mut bad = hexs.clone();
         bad.replace_range(0..1, if &hexs[..1] == "0" { "1" } else { "0" });

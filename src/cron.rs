@@ -31,6 +31,13 @@ pub enum CronError {
         "--schedule {0:?}: expected five cron fields (minute hour day-of-month month day-of-week) or one of @hourly, @daily, @weekly, @monthly, @yearly"
     )]
     Schedule(String),
+    /// A field cron would not run as written: `--schedule "99 * * * *": minute 99 is out of range 0-59`.
+    #[error("--schedule {schedule:?}: {field} {problem}")]
+    Field {
+        schedule: String,
+        field: &'static str,
+        problem: String,
+    },
     #[error("--user {0:?}: expected a user name ([a-z_][a-z0-9_-]*, at most 32 characters)")]
     User(String),
     #[error("{flag} {value:?}: must be an absolute path")]
@@ -160,6 +167,7 @@ impl CronJob {
 fn validate_schedule(s: &str) -> Result<(), CronError> {
     let err = || CronError::Schedule(s.to_owned());
     if s.starts_with('@') {
+        // The macros Debian's cron (and cronie) understand; @reboot is no schedule for a daily backup.
         return match s {
             "@hourly" | "@daily" | "@midnight" | "@weekly" | "@monthly" | "@yearly"
             | "@annually" => Ok(()),
@@ -174,7 +182,127 @@ fn validate_schedule(s: &str) -> Result<(), CronError> {
                 && f.chars()
                     .all(|c| c.is_ascii_alphanumeric() || "*/,-".contains(c))
         });
-    if ok { Ok(()) } else { Err(err()) }
+    if !ok {
+        return Err(err());
+    }
+    for (text, field) in fields.iter().zip(&FIELDS) {
+        field.check(text).map_err(|problem| CronError::Field {
+            schedule: s.to_owned(),
+            field: field.name,
+            problem,
+        })?;
+    }
+    Ok(())
+}
+
+/// One of the five fields of a cron schedule, as cron(8) reads it (Vixie cron's `get_list`, which
+/// Debian's cron and cronie share): a comma-separated list of `*`, `N` or `N-M`, the last two with an
+/// optional `/STEP`; months and weekdays also by their three-letter English names, any case.
+struct Field {
+    name: &'static str,
+    low: u32,
+    high: u32,
+    /// Names for `low`, `low + 1`, ...
+    names: &'static [&'static str],
+}
+
+const FIELDS: [Field; 5] = [
+    Field {
+        name: "minute",
+        low: 0,
+        high: 59,
+        names: &[],
+    },
+    Field {
+        name: "hour",
+        low: 0,
+        high: 23,
+        names: &[],
+    },
+    Field {
+        name: "day of month",
+        low: 1,
+        high: 31,
+        names: &[],
+    },
+    Field {
+        name: "month",
+        low: 1,
+        high: 12,
+        names: &[
+            "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+        ],
+    },
+    Field {
+        name: "day of week",
+        low: 0,
+        high: 7,
+        names: &["sun", "mon", "tue", "wed", "thu", "fri", "sat"],
+    },
+];
+
+impl Field {
+    /// `Err` says what is wrong, after the field's name: "99 is out of range 0-59".
+    fn check(&self, text: &str) -> Result<(), String> {
+        for item in text.split(',') {
+            let (range, step) = match item.split_once('/') {
+                Some((range, step)) => (range, Some(step)),
+                None => (item, None),
+            };
+            let single = match range {
+                "*" => false,
+                _ => match range.split_once('-') {
+                    Some((a, b)) => {
+                        let (a, b) = (self.value(a)?, self.value(b)?);
+                        if a > b {
+                            return Err(format!(
+                                "range {range} runs backwards (cron needs low <= high)"
+                            ));
+                        }
+                        false
+                    }
+                    None => {
+                        self.value(range)?;
+                        true
+                    }
+                },
+            };
+            if let Some(step) = step {
+                if single {
+                    return Err(format!(
+                        "{item:?}: a step needs a range before it (* or N-M)"
+                    ));
+                }
+                if step.is_empty() || !step.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(format!("step {step:?} in {item} is not a number"));
+                }
+                if step.bytes().all(|b| b == b'0') {
+                    return Err(format!("step {item} must be at least 1"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn value(&self, v: &str) -> Result<u32, String> {
+        if let Some(i) = self.names.iter().position(|n| n.eq_ignore_ascii_case(v)) {
+            return Ok(self.low + i as u32);
+        }
+        let out_of_range = || format!("{v} is out of range {}-{}", self.low, self.high);
+        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(match (self.names.first(), self.names.last()) {
+                (Some(first), Some(last)) => {
+                    format!("{v:?} is neither a number nor a name ({first}-{last})")
+                }
+                _ => format!("{v:?} is not a number"),
+            });
+        }
+        let n: u32 = v.parse().map_err(|_| out_of_range())?;
+        if n < self.low || n > self.high {
+            return Err(out_of_range());
+        }
+        Ok(n)
+    }
 }
 
 /// POSIX single-quoting, for any string without NUL.
@@ -277,5 +405,112 @@ mod tests {
         let mut j = job();
         j.schedule = "@daily".into();
         assert!(j.render().is_ok());
+    }
+
+    fn schedule_error(schedule: &str) -> String {
+        let mut j = job();
+        j.schedule = schedule.into();
+        match j.render() {
+            Err(e) => e.to_string(),
+            Ok(out) => panic!("{schedule:?} accepted: {out}"),
+        }
+    }
+
+    #[test]
+    fn schedules_cron_runs_are_accepted() {
+        for schedule in [
+            "0 0 1 1 0",
+            "59 23 31 12 7",
+            "*/15 * * * *",
+            "1-30/5 0-23/2 1-31 1-12 0-7",
+            "0,15,30,45 9-17 * * mon-fri",
+            "5 4 * JAN,jul Sun",
+            "0 12 1 feb-dec/2 sat",
+            "00 03 01 01 00",
+            "*/1 * * * *",
+            "* * * * *",
+            "@daily",
+            "@hourly",
+            "@weekly",
+            "@monthly",
+            "@yearly",
+            "@annually",
+            "@midnight",
+        ] {
+            let mut j = job();
+            j.schedule = schedule.into();
+            let out = j
+                .render()
+                .unwrap_or_else(|e| panic!("{schedule:?} refused: {e}"));
+            assert!(out.contains(&format!("\n{schedule} user ")), "{out}");
+        }
+    }
+
+    #[test]
+    fn schedules_cron_never_runs_are_refused_naming_field_and_value() {
+        assert_eq!(
+            schedule_error("99 * * * *"),
+            r#"--schedule "99 * * * *": minute 99 is out of range 0-59"#
+        );
+        for (schedule, says) in [
+            ("60 * * * *", "minute 60 is out of range 0-59"),
+            ("0 24 * * *", "hour 24 is out of range 0-23"),
+            ("0 0 0 * *", "day of month 0 is out of range 1-31"),
+            ("0 0 32 * *", "day of month 32 is out of range 1-31"),
+            ("0 0 * 0 *", "month 0 is out of range 1-12"),
+            ("0 0 * 13 *", "month 13 is out of range 1-12"),
+            ("0 0 * * 8", "day of week 8 is out of range 0-7"),
+            ("0 0 * * 1-9", "day of week 9 is out of range 0-7"),
+            ("0,61 * * * *", "minute 61 is out of range 0-59"),
+            (
+                "99999999999 * * * *",
+                "minute 99999999999 is out of range 0-59",
+            ),
+            ("30-10 * * * *", "minute range 30-10 runs backwards"),
+            (
+                "0 0 * * fri-mon",
+                "day of week range fri-mon runs backwards",
+            ),
+            ("*/0 * * * *", "minute step */0 must be at least 1"),
+            ("1-30/00 * * * *", "minute step 1-30/00 must be at least 1"),
+            ("*/x * * * *", r#"minute step "x" in */x is not a number"#),
+            ("*/ * * * *", r#"minute step "" in */ is not a number"#),
+            (
+                "5/15 * * * *",
+                r#"minute "5/15": a step needs a range before it"#,
+            ),
+            (
+                "0 0 * foo *",
+                r#"month "foo" is neither a number nor a name (jan-dec)"#,
+            ),
+            (
+                "0 0 * * sunday",
+                r#"day of week "sunday" is neither a number nor a name (sun-sat)"#,
+            ),
+            ("0 0 jan * *", r#"day of month "jan" is not a number"#),
+            ("1,,2 * * * *", r#"minute "" is not a number"#),
+            ("1- * * * *", r#"minute "" is not a number"#),
+            ("*-5 * * * *", r#"minute "*" is not a number"#),
+        ] {
+            let e = schedule_error(schedule);
+            assert!(
+                e.starts_with(&format!("--schedule {schedule:?}: {says}")),
+                "{schedule:?}: {e}"
+            );
+            assert_eq!(e.lines().count(), 1, "{e}");
+        }
+        for shape in [
+            "@reboot",
+            "@every 5m",
+            "* * * *",
+            "* * * * * *",
+            "*  * * * *",
+            "0 0 * * ?",
+        ] {
+            assert!(
+                schedule_error(shape).contains("expected five cron fields"),
+                "{shape:?}"
+            );
+        }
     }
 }

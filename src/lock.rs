@@ -24,7 +24,7 @@ pub enum LockError {
 /// The per-destination state folder: `<state_dir>/<basename>-<hash of the destination path>`.
 pub fn dest_state_dir(state_dir: &Path, dest: &Path) -> PathBuf {
     let digest = Sha256::digest(dest.as_os_str().as_bytes());
-    let id: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let id = hex::encode(&digest[..8]);
     let base: String = dest
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -405,13 +405,9 @@ pub fn md5_of_ranges(ranges: &[FileRange<'_>], scratch: &mut Vec<u8>) -> io::Res
 
 /// `"<32 hex>"` → the 16 bytes; multipart (`-N`) and anything else → `None`.
 fn plain_md5_etag(etag: &str) -> Option<Vec<u8>> {
-    let hexs = etag.trim_matches('"');
-    if hexs.len() != 32 {
-        return None;
-    }
-    (0..16)
-        .map(|i| u8::from_str_radix(&hexs[2 * i..2 * i + 2], 16).ok())
-        .collect()
+    let mut md5 = vec![0; 16];
+    ::hex::decode_to_slice(etag.trim_matches('"'), &mut md5).ok()?;
+    Some(md5)
 }
 
 /// `<md5 of the part md5s>-N`: the ETag S3 gives a multipart upload of these parts.
@@ -423,8 +419,9 @@ pub fn multipart_etag(part_md5s: &[[u8; 16]]) -> String {
     format!("{}-{}", hex(&outer.finalize()), part_md5s.len())
 }
 
+/// Lower-case hex, as ETags and the messages show digests.
 pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    ::hex::encode(b)
 }
 
 #[cfg(test)]
@@ -521,6 +518,24 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(Expected::from_response(&r), Expected::None);
+    }
+
+    #[test]
+    fn plain_md5_etags_decode_and_nothing_else_does() {
+        let md5: Vec<u8> = (0..16u8).map(|i| i * 17).collect();
+        let etag = format!("\"{}\"", hex(&md5));
+        assert_eq!(etag, "\"00112233445566778899aabbccddeeff\"");
+        assert_eq!(plain_md5_etag(&etag), Some(md5.clone()));
+        assert_eq!(plain_md5_etag(&etag.to_uppercase()), Some(md5));
+        assert_eq!(
+            plain_md5_etag("\"00112233445566778899aabbccddeeff-2\""),
+            None
+        );
+        assert_eq!(plain_md5_etag("00112233445566778899aabbccddeef"), None);
+        // Not hex, though `u8::from_str_radix` would take each "+a" as 10.
+        assert_eq!(plain_md5_etag(&"+a".repeat(16)), None);
+        // 32 bytes, not 32 characters: no pair may split a character.
+        assert_eq!(plain_md5_etag(&format!("a{}a", "\u{e9}".repeat(15))), None);
     }
 
     #[test]

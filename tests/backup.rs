@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use aws_sdk_s3::types::{ChecksumAlgorithm, StorageClass};
 use common::*;
@@ -1025,6 +1025,50 @@ fn help_documents_exit_codes_and_cron_entry_renders() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--user"));
 }
 
+/// A schedule cron would never run (or would refuse) is exit 2 with one line naming the field and the
+/// value, and nothing on stdout that could be installed as a cron.d file.
+#[test]
+fn cron_entry_refuses_a_schedule_cron_would_never_run() {
+    let s = Scratch::new();
+    let cron_entry = |schedule: &str| {
+        command(&s)
+            .args(["cron-entry", "--user", "user", "--bucket", "images"])
+            .args(["--dest", "/home/user/myS3backup", "--schedule", schedule])
+            .output()
+            .unwrap()
+    };
+    for (schedule, says) in [
+        ("99 * * * *", "minute 99 is out of range 0-59"),
+        ("0 3 * * 1-9", "day of week 9 is out of range 0-7"),
+        ("*/0 3 * * *", "minute step */0 must be at least 1"),
+        ("0 3 31-1 * *", "day of month range 31-1 runs backwards"),
+        (
+            "0 3 * smarch *",
+            "month \"smarch\" is neither a number nor a name (jan-dec)",
+        ),
+    ] {
+        let out = cron_entry(schedule);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{schedule:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{schedule:?}: {out:?}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.starts_with(&format!("error: --schedule {schedule:?}: {says}")),
+            "{schedule:?}: {stderr}"
+        );
+    }
+    for schedule in ["*/15 1-5 * jan-jun mon-fri", "@weekly"] {
+        let out = cron_entry(schedule);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("{schedule} user /usr/local/bin/s3backup "))),
+            "{text}"
+        );
+    }
+}
+
 #[test]
 fn files_of_the_destination_are_never_touched_by_a_failed_run() {
     // A good copy stays when the new version cannot be fetched (the object became unreadable).
@@ -1190,6 +1234,62 @@ fn truncated_and_reset_bodies_and_slowdown_are_retried() {
     assert_eq!(r.code(), 0, "{}", r.stderr());
     assert_eq!(fs::read(s.dest.join("a.jpg")).unwrap(), bytes(2, 80_000));
     assert_eq!(fs::read(s.dest.join("b.jpg")).unwrap(), bytes(3, 80_000));
+}
+
+/// Retries do not multiply: an object whose every GET fails costs a bounded number of requests (4 for a
+/// single GET; 10 failures in all for a multipart object, its parts' retries and the object's own
+/// attempts together, plus at most one part request already in flight at `--concurrency 2`), a few
+/// seconds, and the run goes on with the rest. Before the bound, each part could be asked for 4 (object)
+/// x 4 (part) x 5 (SDK) = 80 times.
+#[test]
+fn a_permanently_failing_object_costs_a_bounded_number_of_requests() {
+    let b = Bucket::new(Kind::Seaweed, "retrybound");
+    let mib = 1024 * 1024;
+    let parts = vec![bytes(30, 5 * mib), bytes(31, 5 * mib), bytes(32, mib)];
+    b.put_multipart("broken-multi.bin", &parts, None);
+    b.put("broken-single.jpg", &bytes(33, 70_000));
+    b.put("fine.jpg", &bytes(34, 70_000));
+    let s = Scratch::new();
+    let proxy = Proxy::start(&b.endpoint);
+    proxy.arm(Fault::SlowDown, usize::MAX, "/broken-");
+    let started = Instant::now();
+    let r = backup_via(&proxy.endpoint, &b, &s, &["--concurrency", "2"]);
+    let elapsed = started.elapsed();
+    assert_eq!(r.code(), 1, "{}", r.stderr());
+    let gets_of = |lines: &[String], key: &str| {
+        lines
+            .iter()
+            .filter(|l| l.starts_with("GET ") && l.contains(&format!("/{key}")))
+            .count()
+    };
+    let lines = proxy.take();
+    assert_eq!(
+        gets_of(&lines, "broken-single.jpg"),
+        4,
+        "a single GET: 4 attempts, no SDK retries under them"
+    );
+    let multi = gets_of(&lines, "broken-multi.bin");
+    assert!(
+        (10..=11).contains(&multi),
+        "multipart: 10 failures in all, and one more part GET in flight at most; got {multi}"
+    );
+    let mut failed = r.failed_keys();
+    failed.sort();
+    assert_eq!(failed, ["broken-multi.bin", "broken-single.jpg"]);
+    for f in r.json()["failed"].as_array().unwrap() {
+        let err = f["error"].as_str().unwrap();
+        assert!(err.starts_with("giving up after "), "{err}");
+        assert!(err.contains(": 503 SlowDown: "), "{err}");
+    }
+    assert_eq!(
+        fs::read(s.dest.join("fine.jpg")).unwrap(),
+        bytes(34, 70_000),
+        "the run went on with the rest"
+    );
+    assert!(
+        elapsed < Duration::from_secs(60),
+        "a broken object costs seconds here, not minutes: {elapsed:?}"
+    );
 }
 
 #[test]

@@ -30,7 +30,7 @@ impl Fetcher {
     async fn request_restore(&self, obj: &ObjectInfo, days: u32) -> Result<bool, String> {
         let _permit = self.requests.acquire().await.expect("never closed");
         let head = self
-            .client
+            .client_with_retries
             .head_object()
             .bucket(&*self.bucket)
             .key(&obj.key)
@@ -51,7 +51,7 @@ impl Fetcher {
             )
             .build();
         match self
-            .client
+            .client_with_retries
             .restore_object()
             .bucket(&*self.bucket)
             .key(&obj.key)

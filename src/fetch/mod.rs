@@ -9,10 +9,12 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use aws_sdk_s3::Client;
+use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use tokio::sync::Semaphore;
 
@@ -51,9 +53,14 @@ mod whole;
 
 use parts::multipart_parts;
 
-/// Attempts per object (and per part) for failures worth retrying: a cut or short body, a checksum
-/// mismatch, a 5xx that outlived the SDK's own retries.
+/// Attempts per object (and per part or range within each) for failures worth retrying: a cut or
+/// short body, a checksum mismatch, a 5xx, a timeout. The SDK does not retry an object's requests
+/// itself (see `Fetcher::new`), so these are all the tries there are, and the `Budget` caps their sum.
 const ATTEMPTS: u32 = 4;
+/// Failures one object may have in all, its parts' and ranges' included, before it is given up.
+const MAX_FAILURES: u32 = 10;
+/// No retry of an object starts later than this after its first failure.
+const RETRY_WINDOW: Duration = Duration::from_secs(180);
 /// Bytes gathered before one blocking write + hash: big enough to amortise the hand-off to the blocking
 /// pool, small enough that `concurrency` of them stay a few MiB.
 const WRITE_BATCH: usize = 256 * 1024;
@@ -70,6 +77,9 @@ pub struct FetchSettings {
     pub ranged_threshold: u64,
     pub part_size: u64,
     pub retry_base_delay: Duration,
+    /// See `MAX_FAILURES` and `RETRY_WINDOW`.
+    pub max_failures: u32,
+    pub retry_window: Duration,
 }
 
 impl Default for FetchSettings {
@@ -78,7 +88,66 @@ impl Default for FetchSettings {
             ranged_threshold: 32 * 1024 * 1024,
             part_size: 8 * 1024 * 1024,
             retry_base_delay: Duration::from_millis(200),
+            max_failures: MAX_FAILURES,
+            retry_window: RETRY_WINDOW,
         }
+    }
+}
+
+/// The retries left to one object, shared by all of its requests (HEAD, GETs of parts or ranges, the
+/// whole GET) and its checks: every failure that would be retried takes one, and none is granted once
+/// `max_failures` are spent or `window` has passed since the first. So a broken object costs at most
+/// `max_failures` failed requests (plus those of its pieces already in flight when it ran out) and a
+/// few minutes, however its tries nest, and the run goes on with the rest.
+#[derive(Debug)]
+struct Budget {
+    failures: AtomicU32,
+    max_failures: u32,
+    first_failure: Mutex<Option<Instant>>,
+    window: Duration,
+}
+
+impl Budget {
+    fn new(settings: &FetchSettings) -> Budget {
+        Budget {
+            failures: AtomicU32::new(0),
+            max_failures: settings.max_failures,
+            first_failure: Mutex::new(None),
+            window: settings.retry_window,
+        }
+    }
+
+    /// Count one failed request or check.
+    fn fail(&self) {
+        self.first_failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert_with(Instant::now);
+        self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether another try may start: asked after each failure, and again after its backoff.
+    fn allows_retry(&self) -> bool {
+        let first = *self
+            .first_failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.failures.load(Ordering::Relaxed) < self.max_failures
+            && first.is_none_or(|t| t.elapsed() < self.window)
+    }
+
+    /// "4 failures in 2 s": what the final error says about the tries.
+    fn describe(&self) -> String {
+        let n = self.failures.load(Ordering::Relaxed);
+        let first = *self
+            .first_failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let secs = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        format!(
+            "{n} failure{} in {secs:.0} s",
+            if n == 1 { "" } else { "s" }
+        )
     }
 }
 
@@ -87,6 +156,9 @@ pub enum FetchError {
     /// Worth another attempt.
     #[error("{0}")]
     Transient(String),
+    /// Transient, and already counted against the object's `Budget` (by `retry_transient`).
+    #[error("{0}")]
+    Counted(String),
     /// Will not get better by retrying now (access denied, local I/O error).
     #[error("{0}")]
     Permanent(String),
@@ -162,7 +234,10 @@ impl Target {
 
 #[derive(Clone)]
 pub struct Fetcher {
+    /// For object HEADs and GETs: the SDK's own retries are off, `fetch` and `retry_transient` retry.
     client: Client,
+    /// With the SDK's standard retries, for the rest (looking a key up again, RestoreObject).
+    client_with_retries: Client,
     bucket: Arc<str>,
     requests: Arc<Semaphore>,
     concurrency: usize,
@@ -195,8 +270,18 @@ impl Fetcher {
         settings: FetchSettings,
         committer: Committer,
     ) -> Self {
+        // One layer of retries for an object's data, bounded per object (`Budget`): with the SDK's 5
+        // attempts under each of ours, a part could be requested 4 x 4 x 5 = 80 times.
+        let data_client = Client::from_conf(
+            client
+                .config()
+                .to_builder()
+                .retry_config(RetryConfig::disabled())
+                .build(),
+        );
         Fetcher {
-            client,
+            client: data_client,
+            client_with_retries: client,
             bucket: bucket.into(),
             requests: Arc::new(Semaphore::new(concurrency)),
             concurrency,
@@ -231,24 +316,30 @@ impl Fetcher {
     pub async fn fetch(&self, obj: &ObjectInfo, target: &Target) -> Result<Fetched, Unfetched> {
         let mut obj = obj.clone();
         let mut last = String::new();
+        let budget = Budget::new(&self.settings);
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {
                 tokio::time::sleep(self.backoff(attempt)).await;
+                if !budget.allows_retry() {
+                    break;
+                }
             }
             let result = match self.strategy(&obj) {
-                Strategy::Parts(n) => match self.fetch_parts(&obj, n, target).await {
+                Strategy::Parts(n) => match self.fetch_parts(&obj, n, target, &budget).await {
                     Err(FetchError::PartsUnsupported) => {
                         tracing::info!(
                             "the server ignores partNumber: multipart objects are fetched by byte ranges"
                         );
                         self.parts_unsupported.store(true, Ordering::Relaxed);
-                        self.fetch_ranged(&obj, target).await
+                        self.fetch_ranged(&obj, target, &budget).await
                     }
                     other => other,
                 },
-                Strategy::Ranges => self.fetch_ranged(&obj, target).await,
+                Strategy::Ranges => self.fetch_ranged(&obj, target, &budget).await,
                 Strategy::Whole => self.fetch_whole(&obj, target).await,
             };
+            // A piece's failures were counted as they happened (`retry_transient`); the rest here.
+            let counted = matches!(result, Err(FetchError::Counted(_)));
             match result {
                 Ok(f) => return Ok(f),
                 Err(FetchError::PartsUnsupported) => {
@@ -256,12 +347,19 @@ impl Fetcher {
                 }
                 Err(FetchError::Archived) => return Err(self.archived(&obj).await),
                 Err(FetchError::Permanent(e)) => return Err(Unfetched::Failed(e)),
-                Err(FetchError::Transient(e)) => {
-                    tracing::debug!(key = %obj.key, attempt, "retrying: {e}");
+                Err(FetchError::Transient(e)) | Err(FetchError::Counted(e)) => {
+                    if !counted {
+                        budget.fail();
+                    }
                     last = e;
+                    if attempt + 1 == ATTEMPTS || !budget.allows_retry() {
+                        break;
+                    }
+                    tracing::debug!(key = %obj.key, attempt, "retrying: {last}");
                 }
                 Err(FetchError::Changed) => {
-                    match listing::refresh(&self.client, &self.bucket, &obj.key).await {
+                    match listing::refresh(&self.client_with_retries, &self.bucket, &obj.key).await
+                    {
                         Ok(Some(fresh)) => {
                             tracing::info!(key = %obj.key, "changed since listed; fetching the new version");
                             last = "object kept changing while being downloaded".into();
@@ -280,7 +378,8 @@ impl Fetcher {
             }
         }
         Err(Unfetched::Failed(format!(
-            "giving up after {ATTEMPTS} attempts: {last}"
+            "giving up after {}: {last}",
+            budget.describe()
         )))
     }
 
@@ -312,24 +411,35 @@ impl Fetcher {
         Ok(response_checksums!(head))
     }
 
-    /// Run `attempt` until it succeeds, fails for good, or has failed transiently `ATTEMPTS` times
-    /// (with backoff between tries); the last transient error is reported under `what`.
-    async fn retry_transient<T, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T, FetchError>
+    /// Run `attempt` until it succeeds, fails for good, has failed transiently `ATTEMPTS` times (with
+    /// backoff between tries), or the object's `budget` grants no more; the last transient error is
+    /// reported under `what`, and `fetch` counts it.
+    async fn retry_transient<T, F, Fut>(
+        &self,
+        what: &str,
+        budget: &Budget,
+        mut attempt: F,
+    ) -> Result<T, FetchError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, FetchError>>,
     {
-        let mut last = String::new();
-        for n in 0..ATTEMPTS {
-            if n > 0 {
-                tokio::time::sleep(self.backoff(n)).await;
-            }
+        let mut n = 0;
+        loop {
             match attempt().await {
-                Err(FetchError::Transient(e)) => last = e,
+                Err(FetchError::Transient(e)) => {
+                    budget.fail();
+                    n += 1;
+                    if n < ATTEMPTS && budget.allows_retry() {
+                        tokio::time::sleep(self.backoff(n)).await;
+                    }
+                    if n == ATTEMPTS || !budget.allows_retry() {
+                        return Err(FetchError::Counted(format!("{what}: {e}")));
+                    }
+                }
                 done => return done,
             }
         }
-        Err(FetchError::Transient(format!("{what}: {last}")))
     }
 
     async fn commit(
@@ -439,6 +549,36 @@ mod tests {
     use super::archived::restore_in_progress;
     use super::ranged::parse_content_range;
     use super::*;
+
+    fn budget(max_failures: u32, retry_window: Duration) -> Budget {
+        Budget::new(&FetchSettings {
+            max_failures,
+            retry_window,
+            ..FetchSettings::default()
+        })
+    }
+
+    #[test]
+    fn a_budget_grants_retries_until_its_failures_or_its_window_run_out() {
+        let b = budget(3, Duration::from_secs(3600));
+        assert!(b.allows_retry(), "nothing failed yet");
+        b.fail();
+        b.fail();
+        assert!(b.allows_retry());
+        b.fail();
+        assert!(!b.allows_retry(), "3 failures of 3");
+        assert_eq!(b.describe(), "3 failures in 0 s");
+
+        let b = budget(100, Duration::from_millis(50));
+        assert!(b.allows_retry(), "the window opens at the first failure");
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(b.allows_retry(), "still no failure");
+        b.fail();
+        assert!(b.allows_retry());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(!b.allows_retry(), "window closed");
+        assert_eq!(b.describe(), "1 failure in 0 s");
+    }
 
     #[test]
     fn restore_header_says_whether_a_restore_runs() {

@@ -7,8 +7,8 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::ranged::{parse_content_range, write_range};
 use super::{
-    DEFER_MD5_MAX, FetchError, Fetched, Fetcher, Target, at_path, blocking, classify, local_error,
-    op, stage_sized,
+    Budget, DEFER_MD5_MAX, FetchError, Fetched, Fetcher, Target, at_path, blocking, classify,
+    local_error, op, stage_sized,
 };
 use crate::listing::ObjectInfo;
 use crate::verify::{self, Composite, Hasher, Md5Check};
@@ -19,13 +19,14 @@ impl Fetcher {
         obj: &ObjectInfo,
         n: u32,
         target: &Target,
+        budget: &Budget,
     ) -> Result<Fetched, FetchError> {
         let size = obj.size;
         // One HEAD more, as the composite checksum's value is in no listing and in no part's GET.
         let composite = Composite::from_response(&self.head_checksums(obj).await?, n);
         let (staged, file) = stage_sized(target, size).await?;
         let mut parts: Vec<PartDone> = futures::stream::iter(1..=n)
-            .map(|i| self.fetch_part(obj, i, file.clone(), composite.as_ref()))
+            .map(|i| self.fetch_part(obj, i, file.clone(), composite.as_ref(), budget))
             .buffer_unordered(self.concurrency)
             .try_collect()
             .await
@@ -98,8 +99,9 @@ impl Fetcher {
         number: u32,
         file: Arc<std::fs::File>,
         composite: Option<&Composite>,
+        budget: &Budget,
     ) -> Result<PartDone, FetchError> {
-        self.retry_transient(&format!("part {number}"), || {
+        self.retry_transient(&format!("part {number}"), budget, || {
             let file = file.clone();
             let hasher = composite.map_or(Hasher::None, Composite::hasher);
             async move {

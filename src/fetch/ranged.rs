@@ -9,8 +9,8 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
 use super::{
-    FetchError, Fetched, Fetcher, Target, WRITE_BATCH, at_path, blocking, classify, local_error,
-    op, stage_sized,
+    Budget, FetchError, Fetched, Fetcher, Target, WRITE_BATCH, at_path, blocking, classify,
+    local_error, op, stage_sized,
 };
 use crate::errtext;
 use crate::listing::ObjectInfo;
@@ -21,6 +21,7 @@ impl Fetcher {
         &self,
         obj: &ObjectInfo,
         target: &Target,
+        budget: &Budget,
     ) -> Result<Fetched, FetchError> {
         let sums = self.head_checksums(obj).await?;
         // Every part must come from the version HEAD saw: If-Match its ETag.
@@ -33,7 +34,9 @@ impl Fetcher {
         let part = self.settings.part_size.max(1);
         let ranges = (0..size.div_ceil(part)).map(|i| (i * part, ((i + 1) * part).min(size)));
         let mut crcs: Vec<(u64, u64, u64)> = futures::stream::iter(ranges)
-            .map(|(start, end)| self.fetch_range(obj, etag.as_deref(), file.clone(), start, end))
+            .map(|(start, end)| {
+                self.fetch_range(obj, etag.as_deref(), file.clone(), start, end, budget)
+            })
             .buffer_unordered(self.concurrency)
             .try_collect()
             .await
@@ -84,9 +87,10 @@ impl Fetcher {
         file: Arc<std::fs::File>,
         start: u64,
         end: u64,
+        budget: &Budget,
     ) -> Result<(u64, u64, u64), FetchError> {
         let what = format!("bytes {start}-{}", end - 1);
-        self.retry_transient(&what, || {
+        self.retry_transient(&what, budget, || {
             let file = file.clone();
             async move {
                 let _permit = self.requests.acquire().await.expect("never closed");
