@@ -6,7 +6,7 @@
 //!
 //! One request per connection (it asks the server to close after answering), as `Proxy` in `mod.rs`.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -123,28 +123,14 @@ fn serve(
     let _counted = list.then(|| InFlight::enter(in_flight, max_in_flight));
     thread::sleep(delay);
     if fail {
-        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>";
-        write!(
-            client,
-            "HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )?;
-        return Ok(());
+        return super::write_s3_error(
+            &mut client,
+            "403 Forbidden",
+            "AccessDenied",
+            "Access Denied",
+        );
     }
-    let mut server = TcpStream::connect(upstream)?;
-    let mut rewritten = String::new();
-    for (i, l) in text.split("\r\n").enumerate() {
-        if l.is_empty() {
-            break;
-        }
-        if i > 0 && l.to_ascii_lowercase().starts_with("connection:") {
-            continue;
-        }
-        rewritten.push_str(l);
-        rewritten.push_str("\r\n");
-    }
-    rewritten.push_str("Connection: close\r\n\r\n");
-    server.write_all(rewritten.as_bytes())?;
+    let mut server = super::forward_head(upstream, &text)?;
     std::io::copy(&mut server, &mut client)?;
     Ok(())
 }

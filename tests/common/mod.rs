@@ -445,6 +445,43 @@ pub fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
+/// Answer with S3's XML error document, as the server would, and close.
+pub fn write_s3_error(
+    client: &mut TcpStream,
+    status: &str,
+    code: &str,
+    message: &str,
+) -> std::io::Result<()> {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>{message}</Message></Error>"
+    );
+    write!(
+        client,
+        "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// Send a request's head (`text`, up to its blank line) to `upstream`, asking it to close after
+/// answering, so that the response can be copied until EOF.
+pub fn forward_head(upstream: &str, text: &str) -> std::io::Result<TcpStream> {
+    let mut server = TcpStream::connect(upstream)?;
+    let mut rewritten = String::new();
+    for (i, l) in text.split("\r\n").enumerate() {
+        if l.is_empty() {
+            break;
+        }
+        if i > 0 && l.to_ascii_lowercase().starts_with("connection:") {
+            continue;
+        }
+        rewritten.push_str(l);
+        rewritten.push_str("\r\n");
+    }
+    rewritten.push_str("Connection: close\r\n\r\n");
+    server.write_all(rewritten.as_bytes())?;
+    Ok(server)
+}
+
 /// What the proxy does to the next matching object GET.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
@@ -589,30 +626,9 @@ fn serve_one(
         _ => None,
     };
     if let Some((status, code, message)) = canned {
-        let body = format!(
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>{message}</Message></Error>"
-        );
-        write!(
-            client,
-            "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )?;
-        return Ok(());
+        return write_s3_error(&mut client, status, code, message);
     }
-    let mut server = TcpStream::connect(upstream)?;
-    let mut rewritten = String::new();
-    for (i, l) in text.split("\r\n").enumerate() {
-        if l.is_empty() {
-            break;
-        }
-        if i > 0 && l.to_ascii_lowercase().starts_with("connection:") {
-            continue;
-        }
-        rewritten.push_str(l);
-        rewritten.push_str("\r\n");
-    }
-    rewritten.push_str("Connection: close\r\n\r\n");
-    server.write_all(rewritten.as_bytes())?;
+    let mut server = forward_head(upstream, &text)?;
 
     let mut resp = Vec::new();
     server.read_to_end(&mut resp)?;
