@@ -456,39 +456,24 @@ mod tests {
         assert_eq!(h2.run_id(), Some(format!("{}-2", run_id(now))));
         // A run that only set a file aside still claims its id: the next one of the second does not
         // share its twin folder.
+        // A row of 9 bytes: the 1-byte file at "x" is not as written.
+        let nine = Entry {
+            key: "x".into(),
+            size: 9,
+            last_modified: None,
+            etag: None,
+            crc64nvme: None,
+            damaged: false,
+        };
         let h3 = History::open(&d.path().join("hist"), &dest, now).unwrap();
         fs::write(dest.join("x"), b"x").unwrap();
         assert!(matches!(
-            h3.keep_old(
-                &dest.join("x"),
-                Some(&Entry {
-                    key: "x".into(),
-                    size: 9,
-                    last_modified: None,
-                    etag: None,
-                    crc64nvme: None,
-                    damaged: false
-                }),
-                None
-            )
-            .unwrap(),
+            h3.keep_old(&dest.join("x"), Some(&nine), None).unwrap(),
             Aside::SetAside(_)
         ));
         let h4 = History::open(&d.path().join("hist"), &dest, now).unwrap();
         fs::write(dest.join("x"), b"y").unwrap();
-        h4.keep_old(
-            &dest.join("x"),
-            Some(&Entry {
-                key: "x".into(),
-                size: 9,
-                last_modified: None,
-                etag: None,
-                crc64nvme: None,
-                damaged: false,
-            }),
-            None,
-        )
-        .unwrap();
+        h4.keep_old(&dest.join("x"), Some(&nine), None).unwrap();
         assert_eq!(h3.run_id(), Some(format!("{}-3", run_id(now))));
         assert_eq!(h4.run_id(), Some(format!("{}-4", run_id(now))));
         // An old run folder goes, a young one and strangers stay (even ones that start like a run id).

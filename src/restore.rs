@@ -435,7 +435,7 @@ fn vouch(row: &Entry, meta: &std::fs::Metadata, d: &Digests) -> Option<bool> {
         return (want == d.crc64).then_some(true);
     }
     let etag = row.etag.as_deref().unwrap_or("").trim_matches('"');
-    if etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if crate::verify::is_md5_hex(etag) {
         return etag.eq_ignore_ascii_case(&hex(&d.md5)).then_some(true);
     }
     Some(false)

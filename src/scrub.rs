@@ -200,7 +200,7 @@ fn check_one(
         .is_none()
         .then(|| row.etag.as_deref().map(|e| e.trim_matches('"')))
         .flatten()
-        .filter(|e| e.len() == 32 && e.bytes().all(|b| b.is_ascii_hexdigit()));
+        .filter(|e| crate::verify::is_md5_hex(e));
     let (crc, n, md5) = match want_md5 {
         None => {
             let (crc, n) = crate::verify::crc64_of_reader(file, buf)?;

@@ -34,6 +34,12 @@ impl Crc64 {
     }
 }
 
+/// The 32 hex digits of an MD5, quotes already trimmed: what a plain (single-part) ETag looks like,
+/// and the part before `-N` of a multipart one.
+pub fn is_md5_hex(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// The CRC64NVME and length of everything `r` yields, read `buf.len()` bytes at a time.
 pub fn crc64_of_reader(mut r: impl io::Read, buf: &mut [u8]) -> io::Result<(u64, u64)> {
     let mut crc = Crc64::default();

@@ -163,5 +163,5 @@ struct PartDone {
 pub(super) fn multipart_parts(etag: Option<&str>) -> Option<u32> {
     let (md5, n) = etag?.trim_matches('"').split_once('-')?;
     let n: u32 = n.parse().ok()?;
-    (md5.len() == 32 && md5.bytes().all(|b| b.is_ascii_hexdigit()) && n >= 1).then_some(n)
+    (crate::verify::is_md5_hex(md5) && n >= 1).then_some(n)
 }

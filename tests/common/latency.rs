@@ -6,7 +6,6 @@
 //!
 //! One request per connection (it asks the server to close after answering), as `Proxy` in `mod.rs`.
 
-use std::io::Read;
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -93,17 +92,9 @@ fn serve(
     in_flight: &AtomicUsize,
     max_in_flight: &AtomicUsize,
 ) -> std::io::Result<()> {
-    // Only GETs and HEADs go through here (s3backup reads): a request is its header block.
-    let mut head = Vec::new();
-    let mut buf = [0u8; 8192];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = client.read(&mut buf)?;
-        if n == 0 {
-            return Ok(());
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    let text = String::from_utf8_lossy(&head).into_owned();
+    let Some(text) = super::read_head(&mut client)? else {
+        return Ok(());
+    };
     let line = text.lines().next().unwrap_or_default().to_owned();
     let list = is_list(&line);
     let (delay, fail) = {

@@ -445,6 +445,21 @@ pub fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
+/// A request's header block (s3backup sends only GETs and HEADs, so that is all of it); `None` when
+/// the client closed first.
+pub fn read_head(client: &mut TcpStream) -> std::io::Result<Option<String>> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 8192];
+    while find(&head, b"\r\n\r\n").is_none() {
+        let n = client.read(&mut buf)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    Ok(Some(String::from_utf8_lossy(&head).into_owned()))
+}
+
 /// Answer with S3's XML error document, as the server would, and close.
 pub fn write_s3_error(
     client: &mut TcpStream,
@@ -582,17 +597,9 @@ fn serve_one(
     reqs: &Mutex<Vec<String>>,
     armed: &Mutex<Armed>,
 ) -> std::io::Result<()> {
-    // s3backup sends only GETs and HEADs: a request is its header block.
-    let mut head = Vec::new();
-    let mut buf = [0u8; 8192];
-    while find(&head, b"\r\n\r\n").is_none() {
-        let n = client.read(&mut buf)?;
-        if n == 0 {
-            return Ok(());
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    let text = String::from_utf8_lossy(&head).into_owned();
+    let Some(text) = read_head(&mut client)? else {
+        return Ok(());
+    };
     let line = text.lines().next().unwrap_or_default().to_owned();
     reqs.lock().unwrap().push(line.clone());
     let hook = {
