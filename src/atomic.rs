@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use tempfile::NamedTempFile;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::catalog::{Catalog, Entry};
+use crate::catalog::{Catalog, Entry, Held};
 use crate::history::{Aside, History};
 use crate::keypath::TEMP_PREFIX;
 use crate::verify::{self, Md5Check, Mismatch};
@@ -56,7 +56,7 @@ impl Staged {
     pub fn commit(self, expected_len: u64, mtime: Option<SystemTime>) -> io::Result<()> {
         self.finish(expected_len, mtime)?;
         self.tmp.as_file().sync_all()?;
-        let dir = self.install()?;
+        let dir = self.install(false)?;
         sync_dir(&dir)
     }
 
@@ -75,10 +75,15 @@ impl Staged {
         Ok(())
     }
 
-    /// Rename over the target; returns the directory whose entry changed.
-    fn install(self) -> io::Result<PathBuf> {
+    /// Rename over the target (or, `noclobber`, only where nothing is); returns the directory whose
+    /// entry changed.
+    fn install(self, noclobber: bool) -> io::Result<PathBuf> {
         let target = self.target;
-        self.tmp.persist(&target).map_err(|e| e.error)?;
+        if noclobber {
+            self.tmp.persist_noclobber(&target).map_err(|e| e.error)?;
+        } else {
+            self.tmp.persist(&target).map_err(|e| e.error)?;
+        }
         Ok(target
             .parent()
             .expect("targets have a parent")
@@ -94,6 +99,24 @@ pub enum CommitError {
     Mismatch(#[from] Mismatch),
     #[error(transparent)]
     Io(#[from] io::Error),
+}
+
+/// What a committed file is to the catalog.
+#[derive(Debug, Clone)]
+pub enum Row {
+    /// The current version, installed under `--dest` over whatever was there (which history keeps).
+    Current(Entry),
+    /// A noncurrent version, installed in history where nothing is.
+    Held(Held),
+}
+
+impl Row {
+    fn current(&self) -> Option<&Entry> {
+        match self {
+            Row::Current(e) => Some(e),
+            Row::Held(_) => None,
+        }
+    }
 }
 
 /// Commits staged files in batches, keeping the order that makes them crash-safe (data durable before
@@ -112,7 +135,7 @@ struct Job {
     /// What the file must hash to, checked before it is made durable.
     md5: Option<Md5Check>,
     /// The catalog row, written once the file is installed.
-    entry: Option<Entry>,
+    entry: Option<Row>,
     /// Answered with what became of the version it replaced.
     done: oneshot::Sender<Result<Aside, CommitError>>,
 }
@@ -174,7 +197,7 @@ impl Committer {
         len: u64,
         mtime: Option<SystemTime>,
         md5: Option<Md5Check>,
-        entry: Option<Entry>,
+        entry: Option<Row>,
     ) -> Result<Aside, CommitError> {
         let (done, result) = oneshot::channel();
         let job = Job {
@@ -286,32 +309,47 @@ fn make_durable(ready: Vec<Job>, catalog: Option<&Catalog>, history: Option<&His
         }
     }
     // 2. Rename each into place, then make each touched directory durable once.
+    let mut kept: Vec<Held> = Vec::new();
     type Done = oneshot::Sender<Result<Aside, CommitError>>;
-    let mut installed: Vec<(PathBuf, Aside, Option<Entry>, Done)> = Vec::new();
+    let mut installed: Vec<(PathBuf, Aside, Option<Row>, Done)> = Vec::new();
     for job in durable {
+        let noclobber = matches!(job.entry, Some(Row::Held(_)));
         // The old version goes to history first: from here on it is in one place or the other. Only a
-        // version the bucket held is kept (see `History::keep_old`).
-        let aside = match history {
-            Some(h) => {
-                let row = match (catalog, &job.entry) {
+        // version the bucket held is kept (see `History::keep_old`). A noncurrent version goes where
+        // nothing is, and replaces nothing.
+        let new = job.entry.as_ref().and_then(Row::current);
+        let (aside, kept_row) = match history {
+            Some(h) if !noclobber => {
+                let row = match (catalog, new) {
                     (Some(c), Some(e)) => c.get(&e.key).map_err(io::Error::other),
                     _ => Ok(None),
                 };
                 match row.and_then(|row| {
-                    h.keep_old(job.staged.target(), row.as_ref(), job.entry.as_ref())
+                    let aside = h.keep_old(job.staged.target(), row.as_ref(), new)?;
+                    // What the catalog is to know of the version history now holds.
+                    let held = matches!(aside, Aside::Kept(_))
+                        .then(|| {
+                            let until = new.and_then(|n| n.last_modified);
+                            h.held_row(job.staged.target(), row.as_ref(), until)
+                        })
+                        .flatten();
+                    Ok((aside, held))
                 }) {
-                    Ok(aside) => aside,
+                    Ok(kept) => kept,
                     Err(e) => {
                         let _ = job.done.send(Err(e.into()));
                         continue;
                     }
                 }
             }
-            None => Aside::Nothing,
+            _ => (Aside::Nothing, None),
         };
         let target = job.staged.target().to_path_buf();
-        match job.staged.install() {
-            Ok(dir) => installed.push((dir, aside, job.entry, job.done)),
+        match job.staged.install(noclobber) {
+            Ok(dir) => {
+                kept.extend(kept_row);
+                installed.push((dir, aside, job.entry, job.done));
+            }
             Err(e) => {
                 if let Some(h) = history {
                     h.put_back(&target, &aside);
@@ -331,6 +369,7 @@ fn make_durable(ready: Vec<Job>, catalog: Option<&Catalog>, history: Option<&His
     };
     let mut answers = Vec::with_capacity(installed.len());
     let mut entries = Vec::new();
+    let mut held = kept;
     for (dir, aside, entry, done) in installed {
         let r = match &aside {
             Aside::Kept(kept) | Aside::SetAside(kept) => sync_once(kept.clone()),
@@ -338,7 +377,11 @@ fn make_durable(ready: Vec<Job>, catalog: Option<&Catalog>, history: Option<&His
         }
         .and_then(|()| sync_once(dir));
         if r.is_ok() {
-            entries.extend(entry);
+            match entry {
+                Some(Row::Current(e)) => entries.push(e),
+                Some(Row::Held(h)) => held.push(h),
+                None => {}
+            }
         }
         answers.push((done, r.map(|()| aside)));
     }
@@ -346,7 +389,7 @@ fn make_durable(ready: Vec<Job>, catalog: Option<&Catalog>, history: Option<&His
     // download (the file is adopted, or its old row differs from the listing), never a wrong row.
     // A row that cannot be written is a failure of that file: it is in place, but the next run cannot
     // tell it from the old version (and fetches it again), and `verify` cannot check it.
-    let unrecorded = match catalog.map(|c| c.record(&entries)) {
+    let unrecorded = match catalog.map(|c| c.record(&entries).and_then(|()| c.record_held(&held))) {
         Some(Err(e)) => Some(e.to_string()),
         _ => None,
     };
@@ -475,9 +518,10 @@ mod tests {
                 etag: Some(format!("\"{i}\"")),
                 crc64nvme: None,
                 damaged: false,
+                version_id: None,
             };
             waits.push(tokio::spawn(async move {
-                (i, target, c.commit(s, len, None, md5, Some(entry)).await)
+                (i, target, c.commit(s, len, None, md5, Some(Row::Current(entry))).await)
             }));
         }
         for w in waits {

@@ -14,9 +14,10 @@ use tokio::task::JoinSet;
 use crate::atomic;
 use crate::catalog::{self, Catalog};
 use crate::config::Config;
-use crate::fetch::{FetchSettings, Fetched, Fetcher, Target, Unfetched};
+use crate::fetch::{FetchSettings, Fetched, Fetcher, HeldPlace, Target, Unfetched};
 use crate::history::{self, Aside, History};
 use crate::keypath::RefuseReason;
+use crate::listing::versions::{self, VersionsPage};
 use crate::listing::{self, ListError, ObjectInfo};
 use crate::lock::{self, LockError, RunGuard};
 use crate::plan::{Plan, Planner};
@@ -66,6 +67,7 @@ pub async fn run(
     let prep = prepare(config, started_at, &mut report)?;
     let sdk = crate::s3::sdk_config(config).await;
     let client = crate::s3::client(config, &sdk).map_err(|e| RunError::Config(e.to_string()))?;
+    let versioned = versioning(config, &client, &mut report).await?;
     let committer = atomic::Committer::spawn(
         COMMIT_BATCH,
         COMMIT_WINDOW,
@@ -91,10 +93,16 @@ pub async fn run(
         deferred: Vec::new(),
         report,
     };
-    let listing = list_and_fetch(config, client, &prep, &mut pass, stop, pb).await?;
+    let listing = list_and_fetch(config, client, versioned, &prep, &mut pass, stop, pb).await?;
     pass.drain(stop, pb).await;
     if stop.caught().is_none() {
         reconcile(config, &prep, &mut pass, listing, stop, pb).await;
+    }
+    if stop.caught().is_none() && versioned {
+        keep_versions(&prep, &mut pass, stop, pb).await;
+    }
+    if stop.caught().is_none() {
+        prune(config, &prep, &mut pass.report);
     }
     let mut report = pass.report;
     // A stop during the reconciliation lets the deletions it began finish, and still says so.
@@ -182,6 +190,14 @@ fn prepare(
         }
         _ => None,
     };
+    if let (Some(h), Some(c), Some(g)) = (&history, &catalog, &guard) {
+        if g.previous_run_interrupted
+            && let Err(e) = atomic::sweep_temp_files(h.root())
+        {
+            tracing::warn!("removing stale temp files under {}: {e}", h.root().display());
+        }
+        adopt_history(h, c);
+    }
     let tracks_deletions = config.history_dir.is_some() && catalog.is_some();
     Ok(Prepared {
         dest,
@@ -190,6 +206,28 @@ fn prepare(
         history,
         tracks_deletions,
     })
+}
+
+/// Index, once, the versions a history folder held before the catalog did (schema 4).
+fn adopt_history(h: &History, catalog: &Catalog) {
+    const ADOPTED: &str = "history-adopted";
+    if catalog.meta(ADOPTED).ok().flatten().is_some() {
+        return;
+    }
+    let adopted = history::adoptable(h.root())
+        .map_err(|e| e.to_string())
+        .and_then(|rows| {
+            catalog.record_held(&rows).map_err(|e| e.to_string())?;
+            Ok(rows.len())
+        })
+        .and_then(|n| {
+            catalog
+                .set_meta(ADOPTED, &n.to_string())
+                .map_err(|e| e.to_string())
+        });
+    if let Err(e) = adopted {
+        tracing::warn!("indexing the history in {}: {e}", h.root().display());
+    }
 }
 
 /// What the listing step learnt.
@@ -204,18 +242,28 @@ struct Listing {
 async fn list_and_fetch(
     config: &Config,
     client: aws_sdk_s3::Client,
+    versioned: bool,
     prep: &Prepared,
     pass: &mut Pass,
     stop: &Stop,
     pb: &ProgressBar,
 ) -> Result<Listing, RunError> {
-    let mut pages = listing::spawn(
-        client,
-        config.bucket.clone(),
-        config.prefix.clone(),
-        LISTING_DEPTH,
-        config.list_concurrency,
-    );
+    let mut pages = if versioned {
+        Pages::Versioned(versions::spawn(
+            client,
+            config.bucket.clone(),
+            config.prefix.clone(),
+            LISTING_DEPTH,
+        ))
+    } else {
+        Pages::Plain(listing::spawn(
+            client,
+            config.bucket.clone(),
+            config.prefix.clone(),
+            LISTING_DEPTH,
+            config.list_concurrency,
+        ))
+    };
     let mut planner = Some(Planner::new(!config.dry_run, prep.catalog.clone()));
     let mut first_page = true;
     let mut seen_ok = true;
@@ -227,8 +275,12 @@ async fn list_and_fetch(
             page = pages.recv() => page,
         };
         let Some(page) = page else { break };
-        let objects = match page {
-            Ok(objects) => objects,
+        let VersionsPage {
+            current: objects,
+            older,
+            markers,
+        } = match page {
+            Ok(page) => page,
             Err(e) if first_page => return Err(listing_error(e)),
             Err(e) => {
                 tracing::error!("{e}");
@@ -243,7 +295,19 @@ async fn list_and_fetch(
         let mut p = planner.take().expect("returned below");
         let d = prep.dest.clone();
         let track = prep.tracks_deletions && seen_ok;
+        if let Some(n) = pass.report.versions_listed.as_mut() {
+            *n += older.len() as u64;
+        }
+        if let Some(n) = pass.report.delete_markers.as_mut() {
+            *n += markers.len() as u64;
+        }
+        let noted = prep.catalog.clone().filter(|_| !config.dry_run && (!older.is_empty() || !markers.is_empty()));
         let (p, planned, seen) = tokio::task::spawn_blocking(move || {
+            if let Some(c) = noted
+                && let Err(e) = c.note_versions(&older, &markers)
+            {
+                tracing::warn!("{e}: this page's noncurrent versions are not kept this run");
+            }
             let planned: Vec<(ObjectInfo, Plan)> = objects
                 .into_iter()
                 .map(|o| {
@@ -285,12 +349,33 @@ async fn list_and_fetch(
     })
 }
 
+/// The listing's pages: plain (ListObjectsV2) or versioned (ListObjectVersions), as one kind.
+enum Pages {
+    Plain(tokio::sync::mpsc::Receiver<listing::Page>),
+    Versioned(tokio::sync::mpsc::Receiver<Result<VersionsPage, ListError>>),
+}
+
+impl Pages {
+    async fn recv(&mut self) -> Option<Result<VersionsPage, ListError>> {
+        match self {
+            Pages::Plain(rx) => rx.recv().await.map(|p| {
+                p.map(|current| VersionsPage {
+                    current,
+                    ..VersionsPage::default()
+                })
+            }),
+            Pages::Versioned(rx) => rx.recv().await,
+        }
+    }
+}
+
 /// The downloads of a run in flight and the accounting of every planned object.
 struct Pass {
     dest: Arc<Path>,
     fetcher: Fetcher,
     slots: Arc<Semaphore>,
-    tasks: JoinSet<(String, Result<Fetched, Unfetched>)>,
+    /// Each download's key, whether it is a noncurrent version (into history), and its outcome.
+    tasks: JoinSet<(String, bool, Result<Fetched, Unfetched>)>,
     dry_run: bool,
     /// Refusals that this run's deletions may lift (see `DEFERRED_MAX`).
     defer_dir_conflicts: bool,
@@ -345,10 +430,36 @@ impl Pass {
                 self.tasks.spawn(async move {
                     let result = fetcher.fetch(&obj, &target).await;
                     drop(permit);
-                    (obj.key, result)
+                    (obj.key, false, result)
                 });
             }
         }
+        while let Some(done) = self.tasks.try_join_next() {
+            record(&mut self.report, done);
+        }
+        true
+    }
+
+    /// Start fetching a noncurrent version into history. False when a stop came while waiting for a
+    /// download slot.
+    async fn fetch_version(&mut self, obj: ObjectInfo, target: Target, stop: &Stop) -> bool {
+        let permit = tokio::select! {
+            biased;
+            () = stop.wait() => return false,
+            p = self.slots.clone().acquire_owned() => p.expect("never closed"),
+        };
+        let fetcher = self.fetcher.clone();
+        self.tasks.spawn(async move {
+            let result = fetcher.fetch(&obj, &target).await.map_err(|u| match u {
+                Unfetched::Failed(e) => Unfetched::Failed(format!(
+                    "noncurrent version {}: {e}",
+                    obj.version_id.as_deref().unwrap_or_default()
+                )),
+                other => other,
+            });
+            drop(permit);
+            (obj.key, true, result)
+        });
         while let Some(done) = self.tasks.try_join_next() {
             record(&mut self.report, done);
         }
@@ -380,8 +491,7 @@ impl Pass {
 }
 
 /// Step 3, after a listing that was not stopped: move what left the bucket to history (or, in a dry
-/// run, count it against the limits), retry the objects that a deleted folder was in the way of, and
-/// prune old run folders.
+/// run, count it against the limits), and retry the objects that a deleted folder was in the way of.
 async fn reconcile(
     config: &Config,
     prep: &Prepared,
@@ -390,10 +500,6 @@ async fn reconcile(
     stop: &Stop,
     pb: &ProgressBar,
 ) {
-    if let (Some(root), true) = (&config.history_dir, config.dry_run) {
-        let expired = history::expired_runs(root, std::time::SystemTime::now(), config.keep_days);
-        pass.report.would_prune_runs = Some(expired.map_or(0, |e| e.len() as u64));
-    }
     let Some(catalog) = prep.catalog.clone().filter(|_| prep.tracks_deletions) else {
         return;
     };
@@ -429,17 +535,6 @@ async fn reconcile(
         }
     }
     retry_deferred(prep, pass, stop, pb).await;
-    if let Some(h) = &prep.history {
-        match h.prune(std::time::SystemTime::now(), config.keep_days) {
-            Ok(p) => {
-                pass.report.history_pruned_runs = p.removed as u64;
-                for f in p.failed {
-                    tracing::warn!("pruning history: {f}");
-                }
-            }
-            Err(e) => tracing::warn!("pruning {}: {e}", h.root().display()),
-        }
-    }
 }
 
 /// Plan again the objects a folder was in the way of: the deletions may have removed it. Whatever is
@@ -475,12 +570,137 @@ async fn retry_deferred(prep: &Prepared, pass: &mut Pass, stop: &Stop, pb: &Prog
     pass.drain(stop, pb).await;
 }
 
+/// With `--versions`: whether the bucket keeps versions (then the run lists them). A bucket whose
+/// versioning was never enabled is said in one line, and the run goes on as an unversioned one.
+async fn versioning(
+    config: &Config,
+    client: &aws_sdk_s3::Client,
+    report: &mut Report,
+) -> Result<bool, RunError> {
+    if !config.versions {
+        return Ok(false);
+    }
+    let v = versions::versioning(client, &config.bucket)
+        .await
+        .map_err(listing_error)?;
+    report.versioning = Some(v.as_str());
+    if v == versions::Versioning::Disabled {
+        tracing::warn!(
+            "bucket {}: versioning was never enabled, so it holds no other versions: --versions backs up the current objects",
+            config.bucket
+        );
+        return Ok(false);
+    }
+    report.versions_listed = Some(0);
+    report.delete_markers = Some(0);
+    report.versions_downloaded = Some(0);
+    Ok(true)
+}
+
+/// Noncurrent versions fetched into history at a time (each page a catalog query).
+const VERSIONS_PAGE: u32 = 1000;
+
+/// Step 4, with `--versions`: the intervals of the versions history holds settled by the listing,
+/// then every listed noncurrent version held nowhere fetched (by VersionId) into history, under the
+/// second it stopped being current.
+async fn keep_versions(prep: &Prepared, pass: &mut Pass, stop: &Stop, pb: &ProgressBar) {
+    let (Some(catalog), Some(history)) = (prep.catalog.clone(), prep.history.clone()) else {
+        return;
+    };
+    if pass.dry_run {
+        return;
+    }
+    match catalog.settle_held() {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!("catalog: {n} versions in history matched to the listing"),
+        Err(e) => tracing::warn!("{e}: the intervals of the versions in history stay as they were"),
+    }
+    let root: Arc<Path> = history.root().into();
+    let mut after = (String::new(), String::new());
+    loop {
+        let c = catalog.clone();
+        let a = after.clone();
+        let page = tokio::task::spawn_blocking(move || c.missing_versions((&a.0, &a.1), VERSIONS_PAGE))
+            .await
+            .expect("a catalog query does not panic");
+        let page = match page {
+            Ok(p) => p,
+            Err(e) => {
+                pass.report.failed.push(Failed {
+                    key: String::new(),
+                    error: format!("finding the versions history lacks: {e}"),
+                });
+                break;
+            }
+        };
+        let Some(last) = page.last() else { break };
+        after = (last.key.clone(), last.version_id.clone());
+        for v in page {
+            if let crate::keypath::Mapping::Refused(reason) = crate::keypath::map_key(&v.key, v.size) {
+                tracing::debug!(key = ?v.key, "version {} not kept: {reason}", v.version_id);
+                continue;
+            }
+            if v.key.ends_with('/') {
+                continue; // a folder marker's old versions hold nothing
+            }
+            let file = history.version_file(&v.key, v.until, |f| {
+                catalog.held_file_taken(f).unwrap_or(true)
+            });
+            let target = Target::in_history(&root, HeldPlace { file, until: v.until });
+            let obj = ObjectInfo {
+                key: v.key,
+                size: v.size,
+                etag: v.etag,
+                last_modified: v.last_modified,
+                checksum_type: v.checksum_type,
+                version_id: Some(v.version_id),
+            };
+            if !pass.fetch_version(obj, target, stop).await {
+                return;
+            }
+        }
+    }
+    pass.drain(stop, pb).await;
+}
+
+/// Step 5: remove the history folders older than `--keep-days` (a dry run counts them), and forget
+/// the versions they held.
+fn prune(config: &Config, prep: &Prepared, report: &mut Report) {
+    if let (Some(root), true) = (&config.history_dir, config.dry_run) {
+        let expired = history::expired_runs(root, std::time::SystemTime::now(), config.keep_days);
+        report.would_prune_runs = Some(expired.map_or(0, |e| e.len() as u64));
+    }
+    let Some(h) = &prep.history else { return };
+    match h.prune(std::time::SystemTime::now(), config.keep_days) {
+        Ok(p) => {
+            report.history_pruned_runs = p.removed as u64;
+            for f in p.failed {
+                tracing::warn!("pruning history: {f}");
+            }
+            if let Some(c) = &prep.catalog
+                && let Err(e) = c.forget_held_in(&p.folders)
+            {
+                tracing::warn!("{e}: the catalog still lists versions of pruned folders");
+            }
+        }
+        Err(e) => tracing::warn!("pruning {}: {e}", h.root().display()),
+    }
+}
+
 fn record(
     report: &mut Report,
-    done: Result<(String, Result<Fetched, Unfetched>), tokio::task::JoinError>,
+    done: Result<(String, bool, Result<Fetched, Unfetched>), tokio::task::JoinError>,
 ) {
     match done {
-        Ok((key, Ok(f))) => {
+        Ok((key, true, Ok(f))) => {
+            tracing::debug!(key = ?key, bytes = f.bytes, verified = f.verified_with, "noncurrent version kept");
+            *report.versions_downloaded.get_or_insert(0) += 1;
+            report.bytes_downloaded += f.bytes;
+            if f.verified_with == "none" {
+                report.unverified += 1;
+            }
+        }
+        Ok((key, _, Ok(f))) => {
             tracing::debug!(key = ?key, bytes = f.bytes, verified = f.verified_with, "downloaded");
             report.downloaded += 1;
             match f.aside {
@@ -493,11 +713,11 @@ fn record(
                 report.unverified += 1;
             }
         }
-        Ok((key, Err(Unfetched::Failed(error)))) => {
+        Ok((key, _, Err(Unfetched::Failed(error)))) => {
             tracing::warn!(key = ?key, "failed: {error}");
             report.failed.push(Failed { key, error });
         }
-        Ok((key, Err(Unfetched::Archived { restore_requested }))) => {
+        Ok((key, _, Err(Unfetched::Archived { restore_requested }))) => {
             tracing::debug!(key = ?key, restore_requested, "archived: not restored, not backed up");
             report.restore_requested += u64::from(restore_requested);
             report.archived.push(key);
@@ -590,11 +810,13 @@ fn move_deleted(
     let mut dirs = Vec::new();
     let mut emptied = Vec::new();
     let mut forget = Vec::new();
+    let mut held = Vec::new();
     for e in files {
         let path = dest.join(&e.key);
         match history.keep_old(&path, Some(e), None) {
             Ok(Aside::Kept(dir)) => {
                 tracing::debug!(key = ?e.key, "gone from the bucket: moved to history");
+                held.extend(history.held_row(&path, Some(e), None));
                 dirs.push(dir);
                 out.moved += 1;
             }
@@ -619,6 +841,9 @@ fn move_deleted(
         emptied.push(dest.join(m.key.trim_end_matches('/')));
         forget.push(m.key.as_str());
     }
+    // History indexed before the rows go: a kill between the two leaves rows whose files are gone,
+    // which the next run forgets.
+    catalog.record_held(&held).map_err(|e| e.to_string())?;
     catalog.remove(forget).map_err(|e| e.to_string())?;
     // Deepest first, so that a folder emptied by its children's removal goes too; a folder whose marker
     // the bucket still holds stays.

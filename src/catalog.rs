@@ -20,18 +20,42 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 pub const FILE_NAME: &str = "catalog.sqlite";
 
 /// Bumped when the schema changes; an older file is migrated by `open`.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// The columns of an `Entry`, in `entry_from_row`'s order, as each schema version can give them: a
 /// catalog opened read-only is not migrated.
 /// (Schema 2 marked a damaged row by writing `s3backup:damaged` over its ETag; 3 keeps the ETag.)
 fn columns(version: i64) -> &'static str {
     match version {
-        ..=1 => "key, size, last_modified_ns, etag, NULL, 0",
-        2 => "key, size, last_modified_ns, etag, crc64nvme, etag = 's3backup:damaged'",
-        _ => "key, size, last_modified_ns, etag, crc64nvme, damaged",
+        ..=1 => "key, size, last_modified_ns, etag, NULL, 0, NULL",
+        2 => "key, size, last_modified_ns, etag, crc64nvme, etag = 's3backup:damaged', NULL",
+        3 => "key, size, last_modified_ns, etag, crc64nvme, damaged, NULL",
+        _ => "key, size, last_modified_ns, etag, crc64nvme, damaged, version_id",
     }
 }
+
+/// Schema 4: the versions history holds (`held`), the delete markers seen (`markers`), and one-off
+/// facts such as "the history written before schema 4 was adopted" (`meta`).
+const HISTORY_TABLES: &str = "
+    CREATE TABLE IF NOT EXISTS held (
+        file TEXT PRIMARY KEY NOT NULL,
+        key TEXT NOT NULL,
+        version_id TEXT,
+        size INTEGER NOT NULL,
+        last_modified_ns INTEGER,
+        until_ns INTEGER NOT NULL,
+        exact INTEGER NOT NULL,
+        etag TEXT,
+        crc64nvme INTEGER
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS held_by_key ON held (key, until_ns);
+    CREATE TABLE IF NOT EXISTS markers (
+        key TEXT NOT NULL,
+        version_id TEXT NOT NULL,
+        at_ns INTEGER NOT NULL,
+        PRIMARY KEY (key, version_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY NOT NULL, value TEXT) WITHOUT ROWID;";
 
 #[derive(Debug, thiserror::Error)]
 #[error("catalog {path}: {}", detail.as_deref().map_or_else(|| source.to_string(), str::to_owned))]
@@ -64,6 +88,73 @@ pub struct Entry {
     /// `verify` found the file missing, modified or corrupt: the next backup fetches it, and the file
     /// is no version of the object (history does not keep it). Cleared when a verify finds it intact.
     pub damaged: bool,
+    /// The S3 version this file holds, when the run listed versions (`--versions`); none otherwise.
+    pub version_id: Option<String>,
+}
+
+/// A version history holds: its file (relative to the history folder), and the interval during which
+/// it was the bucket's current version of its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub file: String,
+    pub key: String,
+    pub version_id: Option<String>,
+    pub size: u64,
+    /// When it became current (its LastModified); none when unknown.
+    pub last_modified: Option<SystemTime>,
+    /// When it stopped being current.
+    pub until: SystemTime,
+    /// `until` is to the second (the LastModified of what followed it); false: only a run's time
+    /// (the run that found it gone or replaced).
+    pub exact: bool,
+    pub etag: Option<String>,
+    pub crc64nvme: Option<u64>,
+}
+
+/// A noncurrent version or delete marker the versioned listing returned (`note_versions`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub key: String,
+    pub version_id: String,
+    pub size: u64,
+    pub last_modified: Option<SystemTime>,
+    pub until: SystemTime,
+    pub etag: Option<String>,
+    pub checksum_type: Option<String>,
+}
+
+/// One key as it was at an instant (`as_of`), or one of its versions (`versions_of`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AtInstant {
+    pub key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version_id: Option<String>,
+    pub size: u64,
+    pub etag: Option<String>,
+    #[serde(skip)]
+    pub crc64nvme: Option<u64>,
+    /// When it became current (RFC 3339 in the JSON).
+    #[serde(serialize_with = "ser_time")]
+    pub current_from: Option<SystemTime>,
+    /// When it stopped being current; none while it is.
+    #[serde(serialize_with = "ser_time")]
+    pub current_until: Option<SystemTime>,
+    /// `second` or `run`: how exactly the interval is known.
+    pub precision: &'static str,
+    /// `dest` (the file under `--dest`) or `history` (under the history folder).
+    pub place: &'static str,
+    /// The file's path relative to its place (a delete marker has none).
+    pub file: Option<String>,
+    /// A delete marker (in `versions_of` only).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub delete_marker: bool,
+}
+
+fn ser_time<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&crate::instant::rfc3339(*t)),
+        None => s.serialize_none(),
+    }
 }
 
 /// The backed-up files (folder markers not counted) under a prefix.
@@ -81,6 +172,8 @@ pub struct Catalog {
     path: Arc<Path>,
     /// `columns()` for this file's schema.
     cols: &'static str,
+    /// The file has schema 4's history tables (a read-only older one has not).
+    has_history: bool,
 }
 
 impl Catalog {
@@ -117,22 +210,26 @@ impl Catalog {
                      last_modified_ns INTEGER,
                      etag TEXT,
                      crc64nvme INTEGER,
-                     damaged INTEGER NOT NULL DEFAULT 0
+                     damaged INTEGER NOT NULL DEFAULT 0,
+                     version_id TEXT
                  ) WITHOUT ROWID;"
             }
             1 => {
                 "ALTER TABLE files ADD COLUMN crc64nvme INTEGER;
-                 ALTER TABLE files ADD COLUMN damaged INTEGER NOT NULL DEFAULT 0;"
+                 ALTER TABLE files ADD COLUMN damaged INTEGER NOT NULL DEFAULT 0;
+                 ALTER TABLE files ADD COLUMN version_id TEXT;"
             }
             2 => {
                 "ALTER TABLE files ADD COLUMN damaged INTEGER NOT NULL DEFAULT 0;
-                 UPDATE files SET damaged = 1 WHERE etag = 's3backup:damaged';"
+                 UPDATE files SET damaged = 1 WHERE etag = 's3backup:damaged';
+                 ALTER TABLE files ADD COLUMN version_id TEXT;"
             }
+            3 => "ALTER TABLE files ADD COLUMN version_id TEXT;",
             _ => "",
         };
-        if !migration.is_empty() {
+        if version < SCHEMA_VERSION {
             conn.execute_batch(&format!(
-                "BEGIN; {migration} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                "BEGIN; {migration} {HISTORY_TABLES} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
             ))
             .map_err(err)?;
         }
@@ -140,6 +237,7 @@ impl Catalog {
             conn: Arc::new(Mutex::new(conn)),
             path: path.into(),
             cols: columns(SCHEMA_VERSION),
+            has_history: true,
         })
     }
 
@@ -178,6 +276,7 @@ impl Catalog {
             conn: Arc::new(Mutex::new(conn)),
             path: path.into(),
             cols: columns(version),
+            has_history: version >= 4,
         }))
     }
 
@@ -220,8 +319,8 @@ impl Catalog {
             let mut stmt = tx
                 .prepare_cached(
                     "INSERT OR REPLACE INTO files
-                     (key, size, last_modified_ns, etag, crc64nvme, damaged)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                     (key, size, last_modified_ns, etag, crc64nvme, damaged, version_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )
                 .map_err(|e| self.err(e))?;
             for e in entries {
@@ -231,7 +330,8 @@ impl Catalog {
                     e.last_modified.and_then(unix_nanos),
                     e.etag,
                     e.crc64nvme.map(|c| c as i64),
-                    e.damaged
+                    e.damaged,
+                    e.version_id
                 ])
                 .map_err(|e| self.err(e))?;
             }
@@ -358,6 +458,353 @@ impl Catalog {
     }
 }
 
+/// The time machine: what history holds, and the bucket at an instant.
+impl Catalog {
+    /// Record versions now held in history (insert or replace, by file).
+    pub fn record_held(&self, rows: &[Held]) -> Result<(), CatalogError> {
+        if rows.is_empty() || !self.has_history {
+            return Ok(());
+        }
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO held
+                     (file, key, version_id, size, last_modified_ns, until_ns, exact, etag, crc64nvme)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )
+                .map_err(|e| self.err(e))?;
+            for h in rows {
+                stmt.execute(params![
+                    h.file,
+                    h.key,
+                    h.version_id,
+                    h.size as i64,
+                    h.last_modified.and_then(unix_nanos),
+                    unix_nanos(h.until).unwrap_or(0),
+                    h.exact,
+                    h.etag,
+                    h.crc64nvme.map(|c| c as i64),
+                ])
+                .map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Forget what history held in these folders (pruned, or never there).
+    pub fn forget_held_in(&self, folders: &[String]) -> Result<(), CatalogError> {
+        if folders.is_empty() || !self.has_history {
+            return Ok(());
+        }
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        for f in folders {
+            let prefix = format!("{f}/");
+            tx.execute(
+                "DELETE FROM held WHERE substr(file, 1, length(?1)) = ?1",
+                [&prefix],
+            )
+            .map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Whether a held row names `file` (relative to the history folder).
+    pub fn held_file_taken(&self, file: &str) -> Result<bool, CatalogError> {
+        if !self.has_history {
+            return Ok(false);
+        }
+        self.lock()
+            .query_row("SELECT count(*) > 0 FROM held WHERE file = ?1", [file], |r| {
+                r.get(0)
+            })
+            .map_err(|e| self.err(e))
+    }
+
+    /// How many versions history holds.
+    pub fn held_count(&self) -> Result<u64, CatalogError> {
+        if !self.has_history {
+            return Ok(0);
+        }
+        self.lock()
+            .query_row("SELECT count(*) FROM held", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Note a versioned listing's noncurrent versions (kept for this run: `settle_held`,
+    /// `missing_versions`) and its delete markers (kept for good).
+    pub fn note_versions(
+        &self,
+        versions: &[Listed],
+        markers: &[(String, String, SystemTime)],
+    ) -> Result<(), CatalogError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        tx.execute_batch(PENDING_TABLE).map_err(|e| self.err(e))?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO temp.pending
+                     (key, version_id, size, last_modified_ns, until_ns, etag, checksum_type)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .map_err(|e| self.err(e))?;
+            for v in versions {
+                stmt.execute(params![
+                    v.key,
+                    v.version_id,
+                    v.size as i64,
+                    v.last_modified.and_then(unix_nanos),
+                    unix_nanos(v.until).unwrap_or(0),
+                    v.etag,
+                    v.checksum_type,
+                ])
+                .map_err(|e| self.err(e))?;
+            }
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO markers (key, version_id, at_ns) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(|e| self.err(e))?;
+            for (key, vid, at) in markers {
+                stmt.execute(params![key, vid, unix_nanos(*at).unwrap_or(0)])
+                    .map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// After a complete versioned listing: held rows of listed versions take the exact interval the
+    /// listing gives; rows held before versions were known (no VersionId: a moved file, history adopted
+    /// from before the catalog knew it) are matched to the listed version of the same key, size and
+    /// LastModified. Returns how many rows changed.
+    pub fn settle_held(&self) -> Result<u64, CatalogError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        tx.execute_batch(PENDING_TABLE).map_err(|e| self.err(e))?;
+        let adopted = tx
+            .execute(
+                "UPDATE held SET version_id = (
+                     SELECT p.version_id FROM temp.pending p
+                     WHERE p.key = held.key AND p.size = held.size
+                       AND p.last_modified_ns = held.last_modified_ns
+                       AND NOT EXISTS (SELECT 1 FROM held h2
+                                       WHERE h2.key = p.key AND h2.version_id = p.version_id)
+                     ORDER BY p.until_ns LIMIT 1)
+                 WHERE version_id IS NULL AND EXISTS (
+                     SELECT 1 FROM temp.pending p
+                     WHERE p.key = held.key AND p.size = held.size
+                       AND p.last_modified_ns = held.last_modified_ns)",
+                [],
+            )
+            .map_err(|e| self.err(e))?;
+        let exact = tx
+            .execute(
+                "UPDATE held SET until_ns = p.until_ns, exact = 1
+                 FROM temp.pending p
+                 WHERE held.key = p.key AND held.version_id = p.version_id
+                   AND (held.until_ns <> p.until_ns OR held.exact = 0)",
+                [],
+            )
+            .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok((adopted + exact) as u64)
+    }
+
+    /// Up to `limit` listed noncurrent versions (`note_versions`) that neither history nor the
+    /// destination holds, after `(key, version_id)`, in that order.
+    pub fn missing_versions(
+        &self,
+        after: (&str, &str),
+        limit: u32,
+    ) -> Result<Vec<Listed>, CatalogError> {
+        let conn = self.lock();
+        conn.execute_batch(PENDING_TABLE).map_err(|e| self.err(e))?;
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT p.key, p.version_id, p.size, p.last_modified_ns, p.until_ns, p.etag,
+                        p.checksum_type
+                 FROM temp.pending p
+                 WHERE (p.key, p.version_id) > (?1, ?2)
+                   AND NOT EXISTS (SELECT 1 FROM held h
+                                   WHERE h.key = p.key AND h.version_id = p.version_id)
+                   AND NOT EXISTS (SELECT 1 FROM files f
+                                   WHERE f.key = p.key AND f.version_id = p.version_id)
+                 ORDER BY p.key, p.version_id LIMIT ?3",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![after.0, after.1, limit], |r| {
+                Ok(Listed {
+                    key: r.get(0)?,
+                    version_id: r.get(1)?,
+                    size: r.get::<_, i64>(2)? as u64,
+                    last_modified: r.get::<_, Option<i64>>(3)?.map(from_unix_nanos),
+                    until: from_unix_nanos(r.get(4)?),
+                    etag: r.get(5)?,
+                    checksum_type: r.get(6)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// The keys under `prefix` as they were at `t`: for each, the version held (in `--dest` or in
+    /// history) whose interval holds `t`, the latest-begun where intervals overlap (a daily listing
+    /// knows only the run that found a version replaced, the replacement's LastModified tells when).
+    /// Files marked damaged are no version. In key order.
+    pub fn as_of(&self, t: SystemTime, prefix: &str) -> Result<Vec<AtInstant>, CatalogError> {
+        let t = unix_nanos(t).unwrap_or(0);
+        let held = if self.has_history {
+            "UNION ALL
+             SELECT key, version_id, size, etag, crc64nvme, last_modified_ns, until_ns, exact,
+                    'history', file
+             FROM held
+             WHERE substr(key, 1, length(?2)) = ?2
+               AND (last_modified_ns IS NULL OR last_modified_ns <= ?1) AND until_ns > ?1"
+        } else {
+            ""
+        };
+        let vid = if self.has_history { "version_id" } else { "NULL" };
+        let sql = format!(
+            "SELECT key, version_id, size, etag, crc64nvme, from_ns, until_ns, exact, place, file
+             FROM (
+               SELECT *, row_number() OVER (
+                          PARTITION BY key ORDER BY coalesce(from_ns, -1) DESC,
+                                                    until_ns IS NULL DESC, until_ns DESC) AS rn
+               FROM (
+                 SELECT key, {vid} AS version_id, size, etag, crc64nvme,
+                        last_modified_ns AS from_ns, NULL AS until_ns, {vid} IS NOT NULL AS exact,
+                        'dest' AS place, key AS file
+                 FROM files
+                 WHERE damaged = 0 AND substr(key, 1, length(?2)) = ?2
+                   AND (last_modified_ns IS NULL OR last_modified_ns <= ?1)
+                 {held}))
+             WHERE rn = 1 ORDER BY key"
+        );
+        let conn = self.lock();
+        let mut stmt = conn.prepare(&sql).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![t, prefix], instant_from_row)
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Every version held for `key` (in `--dest` and in history) and every delete marker seen, the
+    /// newest first.
+    pub fn versions_of(&self, key: &str) -> Result<Vec<AtInstant>, CatalogError> {
+        let vid = if self.has_history { "version_id" } else { "NULL" };
+        let mut sql = format!(
+            "SELECT key, {vid}, size, etag, crc64nvme, last_modified_ns, NULL, {vid} IS NOT NULL,
+                    'dest', key
+             FROM files WHERE key = ?1 AND damaged = 0"
+        );
+        if self.has_history {
+            sql.push_str(
+                " UNION ALL
+                 SELECT key, version_id, size, etag, crc64nvme, last_modified_ns, until_ns, exact,
+                        'history', file FROM held WHERE key = ?1
+                 UNION ALL
+                 SELECT key, version_id, 0, NULL, NULL, at_ns, NULL, 1, 'marker', NULL
+                 FROM markers WHERE key = ?1",
+            );
+        }
+        sql.push_str(" ORDER BY 6 DESC");
+        let conn = self.lock();
+        let mut stmt = conn.prepare(&sql).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([key], instant_from_row)
+            .map_err(|e| self.err(e))?;
+        let mut out: Vec<AtInstant> = rows
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))?;
+        // A marker is current until what followed it: the next newer entry's start.
+        for i in 1..out.len() {
+            if out[i].delete_marker {
+                out[i].current_until = out[i - 1].current_from;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The earliest instant any held version (current or in history) was current; none when the
+    /// catalog holds none with a known start.
+    pub fn oldest(&self) -> Result<Option<SystemTime>, CatalogError> {
+        let held = if self.has_history {
+            " UNION ALL SELECT min(last_modified_ns) AS t FROM held"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT min(t) FROM (SELECT min(last_modified_ns) AS t FROM files WHERE damaged = 0{held})"
+        );
+        self.lock()
+            .query_row(&sql, [], |r| r.get::<_, Option<i64>>(0))
+            .map(|t| t.map(from_unix_nanos))
+            .map_err(|e| self.err(e))
+    }
+
+    /// A one-off fact (`meta`), such as whether older history was adopted.
+    pub fn meta(&self, name: &str) -> Result<Option<String>, CatalogError> {
+        if !self.has_history {
+            return Ok(None);
+        }
+        self.lock()
+            .query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn set_meta(&self, name: &str, value: &str) -> Result<(), CatalogError> {
+        self.lock()
+            .execute(
+                "INSERT OR REPLACE INTO meta (name, value) VALUES (?1, ?2)",
+                [name, value],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+}
+
+/// This run's noncurrent versions, as the versioned listing returned them.
+const PENDING_TABLE: &str = "CREATE TEMP TABLE IF NOT EXISTS pending (
+    key TEXT NOT NULL,
+    version_id TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    last_modified_ns INTEGER,
+    until_ns INTEGER NOT NULL,
+    etag TEXT,
+    checksum_type TEXT,
+    PRIMARY KEY (key, version_id)
+) WITHOUT ROWID";
+
+fn instant_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AtInstant> {
+    let place: String = r.get(8)?;
+    let (place, marker) = match place.as_str() {
+        "dest" => ("dest", false),
+        "history" => ("history", false),
+        _ => ("marker", true),
+    };
+    Ok(AtInstant {
+        key: r.get(0)?,
+        version_id: r.get(1)?,
+        size: r.get::<_, i64>(2)? as u64,
+        etag: r.get(3)?,
+        crc64nvme: r.get::<_, Option<i64>>(4)?.map(|c| c as u64),
+        current_from: r.get::<_, Option<i64>>(5)?.map(from_unix_nanos),
+        current_until: r.get::<_, Option<i64>>(6)?.map(from_unix_nanos),
+        precision: if r.get::<_, bool>(7)? { "second" } else { "run" },
+        place: if marker { "bucket" } else { place },
+        file: r.get(9)?,
+        delete_marker: marker,
+    })
+}
+
 fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
     Ok(Entry {
         key: r.get(0)?,
@@ -366,6 +813,7 @@ fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
         etag: r.get(3)?,
         crc64nvme: r.get::<_, Option<i64>>(4)?.map(|c| c as u64),
         damaged: r.get(5)?,
+        version_id: r.get(6)?,
     })
 }
 
@@ -390,6 +838,7 @@ mod tests {
             etag: Some(etag.into()),
             crc64nvme: Some(7),
             damaged: false,
+            version_id: None,
         }
     }
 

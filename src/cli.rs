@@ -207,6 +207,10 @@ pub struct BackupArgs {
     /// --dest hold more than SIZE (e.g. 500M, 10G; powers of 1024), move none and exit 1.
     #[arg(long, value_name = "SIZE")]
     pub max_delete_bytes: Option<String>,
+    /// With --history-dir: keep every version a versioned bucket holds (ListObjectVersions): the
+    /// current one in --dest, each noncurrent one in DIR under the second it stopped being current.
+    #[arg(long, env = "S3BACKUP_VERSIONS", value_parser = clap::builder::FalseyValueParser::new())]
+    pub versions: bool,
 }
 
 #[derive(Debug, Args)]
@@ -282,7 +286,11 @@ impl BackupArgs {
         if let Some(ns) = &self.cloudwatch_namespace {
             config::validate_namespace(ns)?;
         }
+        if self.versions && self.history_dir.is_none() {
+            return Err(ConfigError::VersionsWithoutHistory);
+        }
         Ok(Config {
+            versions: self.versions,
             bucket,
             dest,
             prefix: self.prefix.filter(|p| !p.is_empty()),

@@ -33,6 +33,8 @@ pub struct Config {
     pub max_delete_percent: u8,
     /// `--max-delete-bytes SIZE`: the same guard on the bytes those files hold.
     pub max_delete_bytes: Option<u64>,
+    /// `--versions`: list with ListObjectVersions and keep noncurrent versions in history.
+    pub versions: bool,
 }
 
 pub const DEFAULT_CONCURRENCY: usize = 16;
@@ -44,6 +46,8 @@ pub const MAX_CONCURRENCY: usize = 256;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
+    #[error("--versions needs --history-dir: noncurrent versions are kept there")]
+    VersionsWithoutHistory,
     #[error("--bucket is required (or set S3BACKUP_BUCKET)")]
     MissingBucket,
     #[error("--dest is required (or set S3BACKUP_DEST)")]

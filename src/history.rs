@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use crate::catalog::Entry;
+use crate::catalog::{Entry, Held};
 use crate::keypath::TEMP_PREFIX;
 use crate::runid;
 
@@ -26,11 +26,15 @@ pub struct History {
     dest: PathBuf,
     /// The id the run's start gives (`runid::format`).
     base_id: String,
+    /// The run's start: when a version found gone stopped being current, at the latest.
+    started: SystemTime,
     /// The run folder's name, claimed (made, exclusively) by the first move of the run: a run of the
     /// same second, in this process or another sharing the folder, can never claim it too.
     run_id: Mutex<Option<String>>,
     /// Parent folders made (and made durable) in this run, so each costs one mkdir.
     made: Mutex<Vec<PathBuf>>,
+    /// Files of noncurrent versions this run has placed (`version_file`).
+    claimed: Mutex<std::collections::HashSet<String>>,
 }
 
 /// What became of the file a new version replaces (or whose object is gone).
@@ -56,6 +60,8 @@ pub enum Aside {
 #[derive(Debug, Default)]
 pub struct Pruned {
     pub removed: usize,
+    /// The names of the folders removed (their versions leave the catalog).
+    pub folders: Vec<String>,
     /// One line per run folder that could not be removed (the others still were).
     pub failed: Vec<String>,
 }
@@ -128,8 +134,10 @@ impl History {
             root,
             dest: dest.to_path_buf(),
             base_id: runid::format(started),
+            started,
             run_id: Mutex::new(None),
             made: Mutex::new(Vec::new()),
+            claimed: Mutex::new(Default::default()),
         })
     }
 
@@ -285,6 +293,68 @@ impl History {
         })
     }
 
+    /// The catalog's row for the version `keep_old` (or a deletion) just moved from `target` into this
+    /// run's folder: what the backup recorded of it (`row`; without one, what the file says), current
+    /// until `until` (the replacement's LastModified), or until this run found it gone. Either is only a
+    /// bound (`exact` false) until a versioned listing settles it (`Catalog::settle_held`).
+    pub fn held_row(
+        &self,
+        target: &Path,
+        row: Option<&Entry>,
+        until: Option<SystemTime>,
+    ) -> Option<Held> {
+        let rel = target.strip_prefix(&self.dest).ok()?.to_str()?;
+        let file = format!("{}/{rel}", self.run_id()?);
+        let (size, last_modified) = match row {
+            Some(r) => (r.size, r.last_modified),
+            None => {
+                let m = fs::symlink_metadata(self.root.join(&file)).ok()?;
+                (m.len(), m.modified().ok())
+            }
+        };
+        Some(Held {
+            file,
+            key: rel.to_owned(),
+            version_id: row.and_then(|r| r.version_id.clone()),
+            size,
+            last_modified,
+            until: until.unwrap_or(self.started).min(self.started),
+            exact: false,
+            etag: row.and_then(|r| r.etag.clone()),
+            crc64nvme: row.and_then(|r| r.crc64nvme),
+        })
+    }
+
+    /// Where a noncurrent version of `key` that stopped being current at `until` goes: `<folder>/<key>`
+    /// under the history folder, the folder named for that second (`runid::format`), with a `-2`,
+    /// `-3`, ... suffix when that path is taken (two versions of one key can stop being current in the
+    /// same second) on disk, in the catalog (`taken`) or by this run already (`claimed`).
+    pub fn version_file(
+        &self,
+        key: &str,
+        until: SystemTime,
+        taken: impl Fn(&str) -> bool,
+    ) -> String {
+        let base = runid::format(until);
+        let mut claimed = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
+        for n in 1u32.. {
+            let folder = match n {
+                1 => base.clone(),
+                n => format!("{base}-{n}"),
+            };
+            let file = format!("{folder}/{key}");
+            if claimed.contains(&file)
+                || fs::symlink_metadata(self.root.join(&file)).is_ok()
+                || taken(&file)
+            {
+                continue;
+            }
+            claimed.insert(file.clone());
+            return file;
+        }
+        unreachable!("some suffix is free")
+    }
+
     fn set_aside(&self, target: &Path) -> io::Result<Aside> {
         let folder = format!("{}{CHANGED_LOCALLY}", self.claim()?);
         Ok(match self.move_into(target, &folder)? {
@@ -334,7 +404,10 @@ impl History {
                 continue;
             }
             match fs::remove_dir_all(&path) {
-                Ok(()) => out.removed += 1,
+                Ok(()) => {
+                    out.removed += 1;
+                    out.folders.push(name.to_owned());
+                }
                 Err(e) => out.failed.push(format!("removing {}: {e}", path.display())),
             }
         }
@@ -344,6 +417,65 @@ impl History {
         }
         Ok(out)
     }
+}
+
+/// The versions in the run folders of a history written before the catalog indexed it: each file of
+/// each run folder (not its `.changed-locally` twin), current from its mtime (the LastModified the
+/// backup gave it) until that run (only a bound: `exact` false). Links and other odd files are no
+/// version the backup moved there, and are left out.
+pub fn adoptable(root: &Path) -> io::Result<Vec<Held>> {
+    let mut out = Vec::new();
+    let entries = match fs::read_dir(root) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        let Some(run) = runid::parse(&name) else {
+            continue;
+        };
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        for f in walkdir::WalkDir::new(entry.path()).min_depth(1).follow_links(false) {
+            let f = f.map_err(io::Error::other)?;
+            if !f.file_type().is_file() {
+                continue;
+            }
+            let is_temp = f
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(TEMP_PREFIX));
+            let Some(key) = f
+                .path()
+                .strip_prefix(entry.path())
+                .ok()
+                .and_then(Path::to_str)
+            else {
+                continue;
+            };
+            if is_temp {
+                continue;
+            }
+            let m = f.metadata().map_err(io::Error::other)?;
+            out.push(Held {
+                file: format!("{name}/{key}"),
+                key: key.to_owned(),
+                version_id: None,
+                size: m.len(),
+                last_modified: m.modified().ok(),
+                until: run,
+                exact: false,
+                etag: None,
+                crc64nvme: None,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// The run folders (real folders, not links, named exactly as a run) under `root` that started more
@@ -464,6 +596,7 @@ mod tests {
             etag: None,
             crc64nvme: None,
             damaged: false,
+            version_id: None,
         };
         let h3 = History::open(&d.path().join("hist"), &dest, now).unwrap();
         fs::write(dest.join("x"), b"x").unwrap();

@@ -12,6 +12,7 @@ pub mod cron;
 pub mod errtext;
 pub mod fetch;
 pub mod history;
+pub mod instant;
 pub mod keypath;
 pub mod listing;
 pub mod lock;
@@ -326,6 +327,7 @@ fn prepare_restore(
         keep_days: 0,
         max_delete_percent: 0,
         max_delete_bytes: None,
+        versions: false,
     };
     let settings = restore::Settings {
         bucket: args.bucket,

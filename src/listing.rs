@@ -5,6 +5,7 @@
 //! characters; they are decoded here, so the rest of the engine only ever sees the real key.
 
 mod parallel;
+pub mod versions;
 
 use std::time::SystemTime;
 
@@ -26,6 +27,8 @@ pub struct ObjectInfo {
     /// `FULL_OBJECT` or `COMPOSITE`, when the listing says (it decides how a multipart object is
     /// verified).
     pub checksum_type: Option<String>,
+    /// The S3 version, when the versioned listing (`versions`) gave it: fetched by it.
+    pub version_id: Option<String>,
 }
 
 /// One page of the listing, or the error that ended it.
@@ -175,6 +178,7 @@ fn object_info(o: &Object, url_encoded: bool) -> Result<ObjectInfo, ListError> {
             .last_modified()
             .and_then(|t| SystemTime::try_from(*t).ok()),
         checksum_type: o.checksum_type().map(|t| t.as_str().to_owned()),
+        version_id: None,
     })
 }
 

@@ -227,6 +227,7 @@ fn entry_of(obj: &ObjectInfo, crc64nvme: Option<u64>) -> Entry {
         etag: obj.etag.clone(),
         crc64nvme,
         damaged: false,
+        version_id: obj.version_id.clone(),
     }
 }
 
@@ -318,6 +319,7 @@ mod tests {
             etag: Some("\"e1\"".into()),
             last_modified: Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
             checksum_type: None,
+            version_id: None,
         }
     }
 

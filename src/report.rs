@@ -108,6 +108,18 @@ pub struct Report {
     /// Set when the run stopped early (e.g. the listing broke off): not every object was seen.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// With `--versions`: the bucket's versioning (`Enabled`, `Suspended`, or `Disabled`: never
+    /// enabled, so the run was an unversioned one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub versioning: Option<&'static str>,
+    /// With `--versions`: noncurrent versions listed, and those fetched into history by this run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub versions_listed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub versions_downloaded: Option<u64>,
+    /// With `--versions`: delete markers listed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delete_markers: Option<u64>,
 }
 
 impl Report {

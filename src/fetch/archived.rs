@@ -34,6 +34,7 @@ impl Fetcher {
             .head_object()
             .bucket(&*self.bucket)
             .key(&obj.key)
+            .set_version_id(obj.version_id.clone())
             .send()
             .await
             .map_err(|e| errtext::s3_line(&op("HEAD", &obj.key), &e))?;
@@ -55,6 +56,7 @@ impl Fetcher {
             .restore_object()
             .bucket(&*self.bucket)
             .key(&obj.key)
+            .set_version_id(obj.version_id.clone())
             .restore_request(request)
             .send()
             .await

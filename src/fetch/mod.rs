@@ -11,15 +11,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use tokio::sync::Semaphore;
 
-use crate::atomic::{CommitError, Committer, Staged};
-use crate::catalog::Entry;
+use crate::atomic::{CommitError, Committer, Row, Staged};
+use crate::catalog::{Entry, Held};
 use crate::errtext::{self, HasStatus};
 use crate::history::Aside;
 use crate::listing::{self, ObjectInfo};
@@ -199,6 +199,16 @@ pub struct Target {
     path: PathBuf,
     dest: Arc<Path>,
     rel: PathBuf,
+    /// A noncurrent version going into history: never over anything, recorded as held.
+    held: Option<Arc<HeldPlace>>,
+}
+
+/// Where a noncurrent version goes in history, and when it stopped being current.
+#[derive(Debug)]
+pub struct HeldPlace {
+    /// Its path relative to the history folder (`<folder>/<key>`), as the catalog names it.
+    pub file: String,
+    pub until: SystemTime,
 }
 
 impl Target {
@@ -208,6 +218,18 @@ impl Target {
             path: dest.join(rel),
             dest: dest.clone(),
             rel: rel.to_path_buf(),
+            held: None,
+        }
+    }
+
+    /// A noncurrent version at `history/<place.file>` (a vetted key under one folder).
+    pub fn in_history(history: &Arc<Path>, place: HeldPlace) -> Target {
+        let rel = PathBuf::from(&place.file);
+        Target {
+            path: history.join(&rel),
+            dest: history.clone(),
+            rel,
+            held: Some(Arc::new(place)),
         }
     }
 
@@ -357,6 +379,13 @@ impl Fetcher {
                     }
                     tracing::debug!(key = %obj.key, attempt, "retrying: {last}");
                 }
+                // A version never changes: gone, it was deleted (or expired) since it was listed.
+                Err(FetchError::Changed) if obj.version_id.is_some() => {
+                    return Err(Unfetched::Failed(format!(
+                        "version {} is no longer in the bucket (deleted or expired since it was listed)",
+                        obj.version_id.as_deref().unwrap_or_default()
+                    )));
+                }
                 Err(FetchError::Changed) => {
                     match listing::refresh(&self.client_with_retries, &self.bucket, &obj.key).await
                     {
@@ -398,6 +427,7 @@ impl Fetcher {
                 .head_object()
                 .bucket(&*self.bucket)
                 .key(&obj.key)
+                .set_version_id(obj.version_id.clone())
                 .set_if_match(obj.etag.clone())
                 .customize()
                 .mutate_request(ask_for_checksums)
@@ -450,17 +480,31 @@ impl Fetcher {
         md5: Option<Md5Check>,
         crc64: u64,
     ) -> Result<Aside, FetchError> {
-        let entry = Entry {
-            key: obj.key.clone(),
-            size: obj.size,
-            last_modified: obj.last_modified,
-            etag: obj.etag.clone(),
-            crc64nvme: Some(crc64),
-            damaged: false,
+        let row = match &target.held {
+            Some(place) => Row::Held(Held {
+                file: place.file.clone(),
+                key: obj.key.clone(),
+                version_id: obj.version_id.clone(),
+                size: obj.size,
+                last_modified: obj.last_modified,
+                until: place.until,
+                exact: true,
+                etag: obj.etag.clone(),
+                crc64nvme: Some(crc64),
+            }),
+            None => Row::Current(Entry {
+                key: obj.key.clone(),
+                size: obj.size,
+                last_modified: obj.last_modified,
+                etag: obj.etag.clone(),
+                crc64nvme: Some(crc64),
+                damaged: false,
+                version_id: obj.version_id.clone(),
+            }),
         };
         match self
             .committer
-            .commit(staged, obj.size, obj.last_modified, md5, Some(entry))
+            .commit(staged, obj.size, obj.last_modified, md5, Some(row))
             .await
         {
             Ok(moved) => Ok(moved),

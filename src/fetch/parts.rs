@@ -111,6 +111,7 @@ impl Fetcher {
                     .get_object()
                     .bucket(&*self.bucket)
                     .key(&obj.key)
+                    .set_version_id(obj.version_id.clone())
                     .part_number(number as i32)
                     .set_if_match(obj.etag.clone())
                     .send()

@@ -99,6 +99,7 @@ impl Fetcher {
                     .get_object()
                     .bucket(&*self.bucket)
                     .key(&obj.key)
+                    .set_version_id(obj.version_id.clone())
                     .range(format!("bytes={}-{}", start, end - 1))
                     .set_if_match(etag.map(str::to_owned))
                     .send()

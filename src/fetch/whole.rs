@@ -26,6 +26,7 @@ impl Fetcher {
             .get_object()
             .bucket(&*self.bucket)
             .key(&obj.key)
+            .set_version_id(obj.version_id.clone())
             .set_if_match(obj.etag.clone())
             .customize()
             .mutate_request(ask_for_checksums)

@@ -391,6 +391,7 @@ mod tests {
             etag: None,
             last_modified: None,
             checksum_type: None,
+            version_id: None,
         }
     }
 
