@@ -521,7 +521,11 @@ mod tests {
                 version_id: None,
             };
             waits.push(tokio::spawn(async move {
-                (i, target, c.commit(s, len, None, md5, Some(Row::Current(entry))).await)
+                (
+                    i,
+                    target,
+                    c.commit(s, len, None, md5, Some(Row::Current(entry))).await,
+                )
             }));
         }
         for w in waits {

@@ -194,7 +194,10 @@ fn prepare(
         if g.previous_run_interrupted
             && let Err(e) = atomic::sweep_temp_files(h.root())
         {
-            tracing::warn!("removing stale temp files under {}: {e}", h.root().display());
+            tracing::warn!(
+                "removing stale temp files under {}: {e}",
+                h.root().display()
+            );
         }
         adopt_history(h, c);
     }
@@ -301,7 +304,10 @@ async fn list_and_fetch(
         if let Some(n) = pass.report.delete_markers.as_mut() {
             *n += markers.len() as u64;
         }
-        let noted = prep.catalog.clone().filter(|_| !config.dry_run && (!older.is_empty() || !markers.is_empty()));
+        let noted = prep
+            .catalog
+            .clone()
+            .filter(|_| !config.dry_run && (!older.is_empty() || !markers.is_empty()));
         let (p, planned, seen) = tokio::task::spawn_blocking(move || {
             if let Some(c) = noted
                 && let Err(e) = c.note_versions(&older, &markers)
@@ -620,9 +626,10 @@ async fn keep_versions(prep: &Prepared, pass: &mut Pass, stop: &Stop, pb: &Progr
     loop {
         let c = catalog.clone();
         let a = after.clone();
-        let page = tokio::task::spawn_blocking(move || c.missing_versions((&a.0, &a.1), VERSIONS_PAGE))
-            .await
-            .expect("a catalog query does not panic");
+        let page =
+            tokio::task::spawn_blocking(move || c.missing_versions((&a.0, &a.1), VERSIONS_PAGE))
+                .await
+                .expect("a catalog query does not panic");
         let page = match page {
             Ok(p) => p,
             Err(e) => {
@@ -636,7 +643,9 @@ async fn keep_versions(prep: &Prepared, pass: &mut Pass, stop: &Stop, pb: &Progr
         let Some(last) = page.last() else { break };
         after = (last.key.clone(), last.version_id.clone());
         for v in page {
-            if let crate::keypath::Mapping::Refused(reason) = crate::keypath::map_key(&v.key, v.size) {
+            if let crate::keypath::Mapping::Refused(reason) =
+                crate::keypath::map_key(&v.key, v.size)
+            {
                 tracing::debug!(key = ?v.key, "version {} not kept: {reason}", v.version_id);
                 continue;
             }
@@ -646,7 +655,13 @@ async fn keep_versions(prep: &Prepared, pass: &mut Pass, stop: &Stop, pb: &Progr
             let file = history.version_file(&v.key, v.until, |f| {
                 catalog.held_file_taken(f).unwrap_or(true)
             });
-            let target = Target::in_history(&root, HeldPlace { file, until: v.until });
+            let target = Target::in_history(
+                &root,
+                HeldPlace {
+                    file,
+                    until: v.until,
+                },
+            );
             let obj = ObjectInfo {
                 key: v.key,
                 size: v.size,

@@ -517,9 +517,11 @@ impl Catalog {
             return Ok(false);
         }
         self.lock()
-            .query_row("SELECT count(*) > 0 FROM held WHERE file = ?1", [file], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT count(*) > 0 FROM held WHERE file = ?1",
+                [file],
+                |r| r.get(0),
+            )
             .map_err(|e| self.err(e))
     }
 
@@ -668,7 +670,11 @@ impl Catalog {
         } else {
             ""
         };
-        let vid = if self.has_history { "version_id" } else { "NULL" };
+        let vid = if self.has_history {
+            "version_id"
+        } else {
+            "NULL"
+        };
         let sql = format!(
             "SELECT key, version_id, size, etag, crc64nvme, from_ns, until_ns, exact, place, file
              FROM (
@@ -696,7 +702,11 @@ impl Catalog {
     /// Every version held for `key` (in `--dest` and in history) and every delete marker seen, the
     /// newest first.
     pub fn versions_of(&self, key: &str) -> Result<Vec<AtInstant>, CatalogError> {
-        let vid = if self.has_history { "version_id" } else { "NULL" };
+        let vid = if self.has_history {
+            "version_id"
+        } else {
+            "NULL"
+        };
         let mut sql = format!(
             "SELECT key, {vid}, size, etag, crc64nvme, last_modified_ns, NULL, {vid} IS NOT NULL,
                     'dest', key
@@ -718,9 +728,7 @@ impl Catalog {
         let rows = stmt
             .query_map([key], instant_from_row)
             .map_err(|e| self.err(e))?;
-        let mut out: Vec<AtInstant> = rows
-            .collect::<Result<_, _>>()
-            .map_err(|e| self.err(e))?;
+        let mut out: Vec<AtInstant> = rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?;
         // A marker is current until what followed it: the next newer entry's start.
         for i in 1..out.len() {
             if out[i].delete_marker {
@@ -798,7 +806,11 @@ fn instant_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AtInstant> {
         crc64nvme: r.get::<_, Option<i64>>(4)?.map(|c| c as u64),
         current_from: r.get::<_, Option<i64>>(5)?.map(from_unix_nanos),
         current_until: r.get::<_, Option<i64>>(6)?.map(from_unix_nanos),
-        precision: if r.get::<_, bool>(7)? { "second" } else { "run" },
+        precision: if r.get::<_, bool>(7)? {
+            "second"
+        } else {
+            "run"
+        },
         place: if marker { "bucket" } else { place },
         file: r.get(9)?,
         delete_marker: marker,

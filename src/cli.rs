@@ -59,15 +59,68 @@ pub enum Command {
     /// (exit 1) unless --overwrite. Needs credentials that may write to the bucket: the appliance's own
     /// role cannot, by design.
     Restore(RestoreArgs),
+    /// The keys as they were at an instant (default: now), from the backup's state alone (no network):
+    /// size, ETag, when that version became current, and the local file that holds it.
+    Ls(LsArgs),
+    /// Every version held for one key: the interval it was current, and the file that holds it.
+    Versions(VersionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    #[command(flatten)]
+    pub at: DestArgs,
+    /// The instant: RFC 3339 (2026-11-20T14:00:00Z) or a date (2026-11-20: its end, UTC).
+    #[arg(long, value_name = "T")]
+    pub as_of: Option<String>,
+    /// Only keys starting with P.
+    #[arg(long, value_name = "P")]
+    pub prefix: Option<String>,
+    /// The history folder (default: the one the backups into --dest use).
+    #[arg(long, env = "S3BACKUP_HISTORY_DIR", value_name = "DIR")]
+    pub history_dir: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VersionsArgs {
+    #[command(flatten)]
+    pub at: DestArgs,
+    /// The key, exactly.
+    #[arg(value_name = "KEY")]
+    pub key: String,
+    /// The history folder (default: the one the backups into --dest use).
+    #[arg(long, env = "S3BACKUP_HISTORY_DIR", value_name = "DIR")]
+    pub history_dir: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
     #[command(flatten)]
     pub at: DestArgs,
-    /// The bucket to restore into.
-    #[arg(long, value_name = "NAME")]
-    pub bucket: String,
+    /// The bucket to restore into (or --to-dir).
+    #[arg(long, value_name = "NAME", required_unless_present = "to_dir")]
+    pub bucket: Option<String>,
+    /// Put back the version of each key that was current at T: RFC 3339 (2026-11-20T14:00:00Z) or a
+    /// date (its end, UTC). Objects that did not exist at T are left alone (counted).
+    #[arg(long, value_name = "T", conflicts_with = "from_history")]
+    pub as_of: Option<String>,
+    /// Write the tree (as of --as-of) into this local folder, new or empty, instead of a bucket: hard
+    /// links where it is on the backup's file system (so edit a copy, not the file), else copies; every
+    /// file checked against the catalog first.
+    #[arg(
+        long,
+        value_name = "DIR",
+        requires = "as_of",
+        conflicts_with = "bucket"
+    )]
+    pub to_dir: Option<PathBuf>,
+    /// With --to-dir: always copy, never hard-link.
+    #[arg(long, requires = "to_dir")]
+    pub copy: bool,
     /// Only keys starting with P.
     #[arg(long, value_name = "P")]
     pub prefix: Option<String>,
@@ -124,6 +177,7 @@ pub struct DestArgs {
 }
 
 /// Where a destination's state lives, resolved as the backups resolve it.
+#[derive(Debug, Clone)]
 pub struct DestState {
     /// The destination, absolute and resolved.
     pub dest: PathBuf,

@@ -441,7 +441,10 @@ pub fn adoptable(root: &Path) -> io::Result<Vec<Held>> {
         if !entry.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
-        for f in walkdir::WalkDir::new(entry.path()).min_depth(1).follow_links(false) {
+        for f in walkdir::WalkDir::new(entry.path())
+            .min_depth(1)
+            .follow_links(false)
+        {
             let f = f.map_err(io::Error::other)?;
             if !f.file_type().is_file() {
                 continue;

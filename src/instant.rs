@@ -24,8 +24,8 @@ pub fn parse_as_of(s: &str) -> Result<SystemTime, String> {
     };
     let t = s.trim();
     if t.len() == 10 && t.as_bytes()[4] == b'-' && t.as_bytes()[7] == b'-' {
-        let start = DateTime::from_str(&format!("{t}T00:00:00Z"), Format::DateTime)
-            .map_err(|_| bad())?;
+        let start =
+            DateTime::from_str(&format!("{t}T00:00:00Z"), Format::DateTime).map_err(|_| bad())?;
         let start = SystemTime::try_from(start).map_err(|_| bad())?;
         return Ok(start + Duration::from_secs(86_400) - Duration::from_nanos(1));
     }
@@ -69,7 +69,13 @@ mod tests {
             parse_as_of("2026-11-20T15:00:00+01:00").unwrap(),
             parse_as_of("2026-11-20T14:00:00Z").unwrap()
         );
-        for bad in ["", "yesterday", "2026-13-01", "2026-11-20 14:00", "20261120"] {
+        for bad in [
+            "",
+            "yesterday",
+            "2026-13-01",
+            "2026-11-20 14:00",
+            "20261120",
+        ] {
             let e = parse_as_of(bad).unwrap_err();
             assert!(e.starts_with("--as-of"), "{e}");
         }

@@ -184,7 +184,7 @@ fn object_info(o: &Object, url_encoded: bool) -> Result<ObjectInfo, ListError> {
 
 /// S3's `encoding-type=url` is form encoding: a space comes as `+` and a real `+` as `%2B` (measured on
 /// AWS and SeaweedFS; moto sends `%20`, which decodes the same).
-fn decode_key(raw: &str) -> Option<String> {
+pub(crate) fn decode_key(raw: &str) -> Option<String> {
     let spaced = raw.replace('+', " ");
     percent_decode_str(&spaced)
         .decode_utf8()

@@ -25,7 +25,7 @@ use futures::StreamExt;
 use md5_many::Md5State;
 use serde::Serialize;
 
-use crate::catalog::{Catalog, Entry};
+use crate::catalog::{AtInstant, Catalog, Entry};
 use crate::errtext;
 use crate::report::{Failed, Refused};
 use crate::verify::{Crc64, hex, multipart_etag};
@@ -43,6 +43,48 @@ pub enum Source {
     },
     /// Every file of one history run folder: the versions that run moved aside.
     History { run_dir: PathBuf, prefix: String },
+    /// The version of each key that was current at an instant (`Catalog::as_of`), wherever it is held.
+    AsOf(AsOf),
+}
+
+/// The bucket as it was at an instant, as the backup holds it.
+pub struct AsOf {
+    pub rows: Vec<AtInstant>,
+    pub dest: PathBuf,
+    /// The history folder; none when the backups keep none (then every row is in `dest`).
+    pub history: Option<PathBuf>,
+    pub prefix: String,
+}
+
+impl AsOf {
+    /// Each row as an item: its key, the file that holds it (reached only through real folders from its
+    /// root), and what the catalog recorded to vouch for it.
+    fn items(&self) -> Vec<Item> {
+        self.rows
+            .iter()
+            .filter_map(|r| {
+                let root = match r.place {
+                    "history" => self.history.clone()?,
+                    _ => self.dest.clone(),
+                };
+                let file = r.file.as_deref()?;
+                Some(Item {
+                    key: r.key.clone(),
+                    path: (!r.key.ends_with('/')).then(|| root.join(file)),
+                    row: Some(Entry {
+                        key: r.key.clone(),
+                        size: r.size,
+                        last_modified: r.current_from,
+                        etag: r.etag.clone(),
+                        crc64nvme: r.crc64nvme,
+                        damaged: false,
+                        version_id: r.version_id.clone(),
+                    }),
+                    root,
+                })
+            })
+            .collect()
+    }
 }
 
 pub struct Settings {
@@ -72,6 +114,10 @@ pub struct RestoreReport {
     pub bytes_uploaded: u64,
     pub elapsed_seconds: f64,
     pub dry_run: bool,
+    /// With `--as-of`: objects the bucket holds under the prefix that did not exist at that instant
+    /// (left alone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub newer_than_as_of: Option<u64>,
 }
 
 impl RestoreReport {
@@ -203,6 +249,16 @@ pub async fn restore(client: &Client, source: &Source, settings: &Settings) -> R
     let mut after = String::new();
     let mut history_items = match source {
         Source::History { run_dir, prefix } => Some(history_items(run_dir, prefix, &mut report)),
+        Source::AsOf(a) => {
+            match newer_than(client, &settings.bucket, a).await {
+                Ok(n) => report.newer_than_as_of = Some(n),
+                Err(e) => report.failed.push(Failed {
+                    key: String::new(),
+                    error: e,
+                }),
+            }
+            Some(a.items())
+        }
         Source::Catalog { .. } => None,
     };
     loop {
@@ -229,7 +285,7 @@ pub async fn restore(client: &Client, source: &Source, settings: &Settings) -> R
                     break;
                 }
             },
-            Source::History { .. } => {
+            Source::History { .. } | Source::AsOf(_) => {
                 let all = history_items.as_mut().expect("set above");
                 all.drain(..all.len().min(PAGE as usize)).collect()
             }
@@ -263,6 +319,202 @@ pub async fn restore(client: &Client, source: &Source, settings: &Settings) -> R
     report.corrupt.sort_unstable();
     report.elapsed_seconds = started.elapsed().as_secs_f64();
     report
+}
+
+/// How many objects the bucket holds under the prefix that the instant's tree has no key for.
+async fn newer_than(client: &Client, bucket: &str, a: &AsOf) -> Result<u64, String> {
+    let keys: std::collections::HashSet<&str> = a.rows.iter().map(|r| r.key.as_str()).collect();
+    let mut pages = client
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(&a.prefix)
+        .encoding_type(aws_sdk_s3::types::EncodingType::Url)
+        .into_paginator()
+        .send();
+    let mut n = 0;
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| errtext::s3_line(&format!("listing bucket {bucket}"), &e))?;
+        n += page
+            .contents()
+            .iter()
+            .filter_map(|o| crate::listing::decode_key(o.key().unwrap_or_default()))
+            .filter(|k| !keys.contains(k.as_str()))
+            .count() as u64;
+    }
+    Ok(n)
+}
+
+/// What `to_dir` did.
+#[derive(Debug, Default, Serialize)]
+pub struct ToDirReport {
+    /// Files written (hard-linked or copied), each checked against the catalog's CRC64NVME.
+    pub files: u64,
+    pub linked: u64,
+    pub copied: u64,
+    pub folders: u64,
+    pub bytes: u64,
+    /// Files the catalog had no checksum for: their size and mtime matched, their bytes could not be
+    /// checked.
+    pub unverified: u64,
+    pub corrupt: Vec<String>,
+    pub refused: Vec<Refused>,
+    pub failed: Vec<Failed>,
+    pub elapsed_seconds: f64,
+}
+
+impl ToDirReport {
+    pub fn ok(&self) -> bool {
+        self.corrupt.is_empty() && self.refused.is_empty() && self.failed.is_empty()
+    }
+
+    pub fn human_summary(&self, dir: &Path, limit: usize) -> String {
+        let mut s = format!(
+            "s3backup restore --to-dir {}: {} files ({} linked, {} copied; {}), {} folders, {} corrupt, {} refused, {} failed in {:.1}s",
+            dir.display(),
+            self.files,
+            self.linked,
+            self.copied,
+            crate::report::human_bytes(self.bytes),
+            self.folders,
+            self.corrupt.len(),
+            self.refused.len(),
+            self.failed.len(),
+            self.elapsed_seconds
+        );
+        for k in self.corrupt.iter().take(limit) {
+            s.push_str(&format!(
+                "\ncorrupt {k:?}: the file is not what the backup wrote (not written; `verify` tells more)"
+            ));
+        }
+        for r in self.refused.iter().take(limit) {
+            s.push_str(&format!("\nrefused {:?}: {}", r.key, r.reason));
+        }
+        for f in self.failed.iter().take(limit) {
+            s.push_str(&format!("\nfailed {:?}: {}", f.key, f.error));
+        }
+        s
+    }
+}
+
+/// Write the tree of `a` into `dir` (made when missing; it must be empty): each file read once and
+/// checked against the catalog before it is linked (where `dir` is on the same file system and `copy`
+/// is off: backed-up files are never modified in place) or copied (through a temp file, made durable,
+/// its mtime kept).
+pub fn to_dir(a: &AsOf, dir: &Path, copy: bool) -> ToDirReport {
+    let started = Instant::now();
+    let mut report = ToDirReport::default();
+    for item in a.items() {
+        let rel = match crate::keypath::map_key(&item.key, item.row.as_ref().map_or(0, |r| r.size))
+        {
+            crate::keypath::Mapping::File(rel) | crate::keypath::Mapping::FolderMarker(rel) => rel,
+            crate::keypath::Mapping::Refused(reason) => {
+                report.refused.push(Refused {
+                    key: item.key.clone(),
+                    reason: reason.to_string(),
+                });
+                continue;
+            }
+        };
+        let out = dir.join(&rel);
+        let Some(path) = &item.path else {
+            match crate::plan::create_dirs(dir, &rel) {
+                Ok(()) => report.folders += 1,
+                Err(e) => report.failed.push(Failed {
+                    key: item.key.clone(),
+                    error: format!("creating {}: {e}", out.display()),
+                }),
+            }
+            continue;
+        };
+        match write_one(&item, path, &rel, dir, copy) {
+            Ok(Written::Linked(n, checked)) => {
+                report.files += 1;
+                report.linked += 1;
+                report.bytes += n;
+                report.unverified += u64::from(!checked);
+            }
+            Ok(Written::Copied(n, checked)) => {
+                report.files += 1;
+                report.copied += 1;
+                report.bytes += n;
+                report.unverified += u64::from(!checked);
+            }
+            Ok(Written::Corrupt) => report.corrupt.push(item.key.clone()),
+            Err(Unfit::Refused(reason)) => report.refused.push(Refused {
+                key: item.key.clone(),
+                reason,
+            }),
+            Err(Unfit::Io(e)) => report.failed.push(Failed {
+                key: item.key.clone(),
+                error: format!("{} -> {}: {e}", path.display(), out.display()),
+            }),
+        }
+    }
+    if let Err(e) = crate::atomic::sync_dir(dir) {
+        report.failed.push(Failed {
+            key: String::new(),
+            error: format!("{}: {e}", dir.display()),
+        });
+    }
+    report.elapsed_seconds = started.elapsed().as_secs_f64();
+    report
+}
+
+enum Written {
+    Linked(u64, bool),
+    Copied(u64, bool),
+    Corrupt,
+}
+
+fn write_one(
+    item: &Item,
+    path: &Path,
+    rel: &Path,
+    dir: &Path,
+    copy: bool,
+) -> Result<Written, Unfit> {
+    let f = open_regular(&item.root, path)?;
+    let meta = f.metadata()?;
+    let d = digest_file(f, u64::MAX)?;
+    let checked = match item.row.as_ref().map(|row| vouch(row, &meta, &d)) {
+        Some(Some(checked)) => checked,
+        Some(None) => return Ok(Written::Corrupt),
+        None => false,
+    };
+    if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) {
+        crate::plan::create_dirs(dir, parent)?;
+    }
+    let out = dir.join(rel);
+    if !copy {
+        match std::fs::hard_link(path, &out) {
+            Ok(()) => return Ok(Written::Linked(d.size, checked)),
+            // Another file system (or one without links): copied instead.
+            Err(e)
+                if e.raw_os_error() == Some(libc::EXDEV)
+                    || e.kind() == io::ErrorKind::Unsupported => {}
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+            Err(e) => return Err(Unfit::Io(e)),
+        }
+    }
+    // Copied from the file as opened (no second path lookup), re-checked as it is written.
+    let mut src = open_regular(&item.root, path)?;
+    let staged = crate::atomic::Staged::create(&out)?;
+    let mut crc = Crc64::default();
+    let mut buf = vec![0u8; 1024 * 1024];
+    let mut w = staged.file();
+    loop {
+        let n = src.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        crc.update(&buf[..n]);
+        io::Write::write_all(&mut w, &buf[..n])?;
+    }
+    if crc.value() != d.crc64 {
+        return Ok(Written::Corrupt);
+    }
+    staged.commit(d.size, meta.modified().ok())?;
+    Ok(Written::Copied(d.size, checked))
 }
 
 /// The files of a history run folder, keys from their relative paths, in key order.

@@ -1870,47 +1870,6 @@ fn restore_run(s: &Scratch, into: &Bucket, extra: &[&str]) -> Run {
     }
 }
 
-/// Every key of `b` with its bytes, listed URL-encoded so control characters survive.
-fn bucket_contents(b: &Bucket) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let list = rt()
-        .block_on(
-            b.client
-                .list_objects_v2()
-                .bucket(&b.name)
-                .encoding_type(aws_sdk_s3::types::EncodingType::Url)
-                .send(),
-        )
-        .unwrap();
-    for o in list.contents() {
-        let raw = o.key().unwrap().replace('+', " ");
-        let key = percent_decode(&raw);
-        let body = rt()
-            .block_on(b.client.get_object().bucket(&b.name).key(&key).send())
-            .unwrap()
-            .body;
-        let data = rt().block_on(body.collect()).unwrap().into_bytes().to_vec();
-        out.insert(key, data);
-    }
-    out
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).unwrap()
-}
-
 /// Issue 15: a backup of hostile keys restored into an empty bucket recreates the same keys, byte for
 /// byte (folder markers included); refused keys stay refused; a second restore finds all identical.
 #[test]

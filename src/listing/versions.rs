@@ -54,25 +54,56 @@ impl Versioning {
 
 /// Ask the bucket whether it keeps versions. Denied or failing: one line naming the permission.
 pub async fn versioning(client: &Client, bucket: &str) -> Result<Versioning, ListError> {
+    let raw = RawBody::default();
     let out = client
         .get_bucket_versioning()
         .bucket(bucket)
+        .customize()
+        .interceptor(raw.clone())
         .send()
-        .await
-        .map_err(|e| match classify(bucket, &e) {
-            ListError::AccessDenied { detail } => ListError::AccessDenied {
-                detail: format!(
-                    "{}; --versions needs s3:GetBucketVersioning",
-                    detail.replace("listing bucket", "reading the versioning of bucket")
-                ),
-            },
-            other => other,
-        })?;
-    Ok(match out.status() {
+        .await;
+    let status = match out {
+        Ok(out) => out.status().cloned(),
+        // A 200 whose document the SDK would not read: moto names its root element
+        // `GetBucketVersioningResponse` where S3 says `VersioningConfiguration`. Its `Status` is
+        // read as it is.
+        Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 200) => raw
+            .take()
+            .and_then(|body| element_text(&body, "Status"))
+            .map(|s| BucketVersioningStatus::from(s.as_str())),
+        Err(e) => {
+            return Err(match classify(bucket, &e) {
+                ListError::AccessDenied { detail } => ListError::AccessDenied {
+                    detail: format!(
+                        "{}; --versions needs s3:GetBucketVersioning",
+                        detail.replace("listing bucket", "reading the versioning of bucket")
+                    ),
+                },
+                ListError::Other { detail } => ListError::Other {
+                    detail: detail.replace("listing bucket", "reading the versioning of bucket"),
+                },
+                other => other,
+            });
+        }
+    };
+    Ok(match status {
         Some(BucketVersioningStatus::Enabled) => Versioning::Enabled,
         Some(BucketVersioningStatus::Suspended) => Versioning::Suspended,
         _ => Versioning::Disabled,
     })
+}
+
+/// The text of the first child element `name` of the document's root.
+fn element_text(body: &[u8], name: &str) -> Option<String> {
+    use aws_smithy_xml::decode::{Document, try_data};
+    let mut doc = Document::try_from(body).ok()?;
+    let mut root = doc.root_element().ok()?;
+    while let Some(mut el) = root.next_tag() {
+        if el.start_el().matches(name) {
+            return try_data(&mut el).ok().map(|s| s.into_owned());
+        }
+    }
+    None
 }
 
 /// Start the versioned listing of `bucket` (under `prefix`) in the background; as `super::spawn`.
@@ -90,7 +121,7 @@ pub fn spawn(
         // followed by.
         let mut carry: Option<(String, SystemTime)> = None;
         loop {
-            let raw = RawOrder::default();
+            let raw = RawBody::default();
             let out = client
                 .list_object_versions()
                 .bucket(&bucket)
@@ -119,7 +150,8 @@ pub fn spawn(
                 }
             };
             let url = out.encoding_type() == Some(&EncodingType::Url);
-            let page = split_page(&out, url, raw.take().as_deref(), &mut carry);
+            let order = raw.take().and_then(|body| raw_order(&body));
+            let page = split_page(&out, url, order.as_deref(), &mut carry);
             let next = match (out.is_truncated(), out.next_key_marker()) {
                 (Some(true), Some(k)) => Some(if url {
                     decode_key(k).unwrap_or_else(|| k.to_owned())
@@ -290,20 +322,20 @@ fn assemble(entries: Vec<Entry>, carry: &mut Option<(String, SystemTime)>) -> Ve
     page
 }
 
-/// Captures the order in which a ListObjectVersions response lists its `<Version>` and
-/// `<DeleteMarker>` elements (raw key, VersionId), which the SDK's two lists lose.
+/// Keeps the raw body of a response: what the SDK's types lose (the order of a ListObjectVersions
+/// response's `<Version>` and `<DeleteMarker>` elements), or would not read.
 #[derive(Debug, Clone, Default)]
-struct RawOrder(Arc<Mutex<Option<Vec<(String, String)>>>>);
+struct RawBody(Arc<Mutex<Option<Vec<u8>>>>);
 
-impl RawOrder {
-    fn take(&self) -> Option<Vec<(String, String)>> {
+impl RawBody {
+    fn take(&self) -> Option<Vec<u8>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 
-impl Intercept for RawOrder {
+impl Intercept for RawBody {
     fn name(&self) -> &'static str {
-        "s3backup::RawOrder"
+        "s3backup::RawBody"
     }
 
     fn read_after_deserialization(
@@ -313,7 +345,7 @@ impl Intercept for RawOrder {
         _: &mut ConfigBag,
     ) -> Result<(), aws_sdk_s3::error::BoxError> {
         if let Some(body) = context.response().body().bytes() {
-            *self.0.lock().unwrap_or_else(|p| p.into_inner()) = raw_order(body);
+            *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(body.to_vec());
         }
         Ok(())
     }

@@ -677,3 +677,44 @@ pub fn object_gets(lines: &[String]) -> usize {
         .filter(|l| l.starts_with("GET ") && !l.contains("list-type=2"))
         .count()
 }
+
+/// Every key of `b` with its bytes, listed URL-encoded so control characters survive.
+pub fn bucket_contents(b: &Bucket) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let list = rt()
+        .block_on(
+            b.client
+                .list_objects_v2()
+                .bucket(&b.name)
+                .encoding_type(aws_sdk_s3::types::EncodingType::Url)
+                .send(),
+        )
+        .unwrap();
+    for o in list.contents() {
+        let raw = o.key().unwrap().replace('+', " ");
+        let key = percent_decode(&raw);
+        let body = rt()
+            .block_on(b.client.get_object().bucket(&b.name).key(&key).send())
+            .unwrap()
+            .body;
+        let data = rt().block_on(body.collect()).unwrap().into_bytes().to_vec();
+        out.insert(key, data);
+    }
+    out
+}
+
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
