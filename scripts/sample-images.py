@@ -35,6 +35,8 @@ def main():
     if cmd == "seed":
         n = int(sys.argv[3])
         s3.create_bucket(Bucket=bucket)
+        # Versioning on, as the stack's bucket has it: the backup's time machine keeps every version.
+        s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
         s3.put_object(Bucket=bucket, Key="albums/", Body=b"")
         for i in range(n):
             key = f"photos/{2023 + i % 2}/{i % 12 + 1:02d}/img_{i:04d}.png"
@@ -44,7 +46,10 @@ def main():
     elif cmd == "change":
         s3.put_object(Bucket=bucket, Key="photos/2023/01/img_0000.png", Body=png(64, 48, 500))
         s3.put_object(Bucket=bucket, Key="photos/2025/06/new.png", Body=png(64, 48, 501))
-        print("overwrote photos/2023/01/img_0000.png (same size), added photos/2025/06/new.png")
+        s3.put_object(Bucket=bucket, Key="photos/2024/02/img_0001.png", Body=png(64, 48, 502))
+        s3.delete_object(Bucket=bucket, Key="photos/2024/02/img_0001.png")
+        print("overwrote photos/2023/01/img_0000.png (same size), added photos/2025/06/new.png,")
+        print("overwrote photos/2024/02/img_0001.png, then deleted it")
     else:
         sys.exit(__doc__)
 
