@@ -123,7 +123,16 @@ impl Planner {
             return Plan::Unchanged;
         };
         match catalog.get(&obj.key) {
-            Ok(Some(row)) if row.etag == obj.etag && !row.damaged => Plan::Unchanged,
+            Ok(Some(row)) if row.etag == obj.etag && !row.damaged => {
+                // Backed up before `--versions`: the row learns the VersionId it holds (once).
+                if row.version_id.is_none() && obj.version_id.is_some() {
+                    self.adopted.push(Entry {
+                        version_id: obj.version_id.clone(),
+                        ..row
+                    });
+                }
+                Plan::Unchanged
+            }
             Ok(Some(_)) => Plan::Fetch(rel.to_path_buf()),
             Ok(None) => {
                 self.adopted.push(entry_of(obj, None));
