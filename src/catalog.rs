@@ -659,13 +659,25 @@ impl Catalog {
     /// knows only the run that found a version replaced, the replacement's LastModified tells when).
     /// Files marked damaged are no version. In key order.
     pub fn as_of(&self, t: SystemTime, prefix: &str) -> Result<Vec<AtInstant>, CatalogError> {
+        self.as_of_page(t, prefix, "", u32::MAX)
+    }
+
+    /// `as_of`, up to `limit` keys after `after`: a page at a time, so that a walk over ten million
+    /// keys needs no more memory than a page.
+    pub fn as_of_page(
+        &self,
+        t: SystemTime,
+        prefix: &str,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<AtInstant>, CatalogError> {
         let t = unix_nanos(t).unwrap_or(0);
         let held = if self.has_history {
             "UNION ALL
              SELECT key, version_id, size, etag, crc64nvme, last_modified_ns, until_ns, exact,
                     'history', file
              FROM held
-             WHERE substr(key, 1, length(?2)) = ?2
+             WHERE key > ?3 AND substr(key, 1, length(?2)) = ?2
                AND (last_modified_ns IS NULL OR last_modified_ns <= ?1) AND until_ns > ?1"
         } else {
             ""
@@ -686,17 +698,25 @@ impl Catalog {
                         last_modified_ns AS from_ns, NULL AS until_ns, {vid} IS NOT NULL AS exact,
                         'dest' AS place, key AS file
                  FROM files
-                 WHERE damaged = 0 AND substr(key, 1, length(?2)) = ?2
+                 WHERE key > ?3 AND damaged = 0 AND substr(key, 1, length(?2)) = ?2
                    AND (last_modified_ns IS NULL OR last_modified_ns <= ?1)
                  {held}))
-             WHERE rn = 1 ORDER BY key"
+             WHERE rn = 1 ORDER BY key LIMIT ?4"
         );
         let conn = self.lock();
-        let mut stmt = conn.prepare(&sql).map_err(|e| self.err(e))?;
+        let mut stmt = conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map(params![t, prefix], instant_from_row)
+            .query_map(params![t, prefix, after, limit], instant_from_row)
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Whether the backup holds a version of `key` that was current at `t`.
+    pub fn exists_at(&self, t: SystemTime, key: &str) -> Result<bool, CatalogError> {
+        Ok(self
+            .as_of_page(t, key, "", 1)?
+            .first()
+            .is_some_and(|r| r.key == key))
     }
 
     /// Every version held for `key` (in `--dest` and in history) and every delete marker seen, the

@@ -49,7 +49,8 @@ pub enum Source {
 
 /// The bucket as it was at an instant, as the backup holds it.
 pub struct AsOf {
-    pub rows: Vec<AtInstant>,
+    pub catalog: Catalog,
+    pub t: std::time::SystemTime,
     pub dest: PathBuf,
     /// The history folder; none when the backups keep none (then every row is in `dest`).
     pub history: Option<PathBuf>,
@@ -57,33 +58,36 @@ pub struct AsOf {
 }
 
 impl AsOf {
-    /// Each row as an item: its key, the file that holds it (reached only through real folders from its
-    /// root), and what the catalog recorded to vouch for it.
-    fn items(&self) -> Vec<Item> {
-        self.rows
-            .iter()
-            .filter_map(|r| {
-                let root = match r.place {
-                    "history" => self.history.clone()?,
-                    _ => self.dest.clone(),
-                };
-                let file = r.file.as_deref()?;
-                Some(Item {
-                    key: r.key.clone(),
-                    path: (!r.key.ends_with('/')).then(|| root.join(file)),
-                    row: Some(Entry {
-                        key: r.key.clone(),
-                        size: r.size,
-                        last_modified: r.current_from,
-                        etag: r.etag.clone(),
-                        crc64nvme: r.crc64nvme,
-                        damaged: false,
-                        version_id: r.version_id.clone(),
-                    }),
-                    root,
-                })
-            })
-            .collect()
+    /// The next page of keys after `after` as items: each key, the file that holds its version
+    /// (reached only through real folders from its root), and what the catalog recorded to vouch for it.
+    fn page(&self, after: &str) -> Result<Vec<Item>, String> {
+        let rows = self
+            .catalog
+            .as_of_page(self.t, &self.prefix, after, PAGE)
+            .map_err(|e| e.to_string())?;
+        Ok(rows.into_iter().filter_map(|r| self.item(r)).collect())
+    }
+
+    fn item(&self, r: AtInstant) -> Option<Item> {
+        let root = match r.place {
+            "history" => self.history.clone()?,
+            _ => self.dest.clone(),
+        };
+        let file = r.file.as_deref()?;
+        Some(Item {
+            key: r.key.clone(),
+            path: (!r.key.ends_with('/')).then(|| root.join(file)),
+            row: Some(Entry {
+                key: r.key,
+                size: r.size,
+                last_modified: r.current_from,
+                etag: r.etag,
+                crc64nvme: r.crc64nvme,
+                damaged: false,
+                version_id: r.version_id,
+            }),
+            root,
+        })
     }
 }
 
@@ -257,7 +261,7 @@ pub async fn restore(client: &Client, source: &Source, settings: &Settings) -> R
                     error: e,
                 }),
             }
-            Some(a.items())
+            None
         }
         Source::Catalog { .. } => None,
     };
@@ -285,7 +289,17 @@ pub async fn restore(client: &Client, source: &Source, settings: &Settings) -> R
                     break;
                 }
             },
-            Source::History { .. } | Source::AsOf(_) => {
+            Source::AsOf(a) => match a.page(&after) {
+                Ok(items) => items,
+                Err(error) => {
+                    report.failed.push(Failed {
+                        key: String::new(),
+                        error,
+                    });
+                    break;
+                }
+            },
+            Source::History { .. } => {
                 let all = history_items.as_mut().expect("set above");
                 all.drain(..all.len().min(PAGE as usize)).collect()
             }
@@ -323,7 +337,6 @@ pub async fn restore(client: &Client, source: &Source, settings: &Settings) -> R
 
 /// How many objects the bucket holds under the prefix that the instant's tree has no key for.
 async fn newer_than(client: &Client, bucket: &str, a: &AsOf) -> Result<u64, String> {
-    let keys: std::collections::HashSet<&str> = a.rows.iter().map(|r| r.key.as_str()).collect();
     let mut pages = client
         .list_objects_v2()
         .bucket(bucket)
@@ -334,12 +347,15 @@ async fn newer_than(client: &Client, bucket: &str, a: &AsOf) -> Result<u64, Stri
     let mut n = 0;
     while let Some(page) = pages.next().await {
         let page = page.map_err(|e| errtext::s3_line(&format!("listing bucket {bucket}"), &e))?;
-        n += page
+        for key in page
             .contents()
             .iter()
             .filter_map(|o| crate::listing::decode_key(o.key().unwrap_or_default()))
-            .filter(|k| !keys.contains(k.as_str()))
-            .count() as u64;
+        {
+            if !a.catalog.exists_at(a.t, &key).map_err(|e| e.to_string())? {
+                n += 1;
+            }
+        }
     }
     Ok(n)
 }
@@ -403,7 +419,36 @@ impl ToDirReport {
 pub fn to_dir(a: &AsOf, dir: &Path, copy: bool) -> ToDirReport {
     let started = Instant::now();
     let mut report = ToDirReport::default();
-    for item in a.items() {
+    let mut after = String::new();
+    loop {
+        let items = match a.page(&after) {
+            Ok(items) => items,
+            Err(error) => {
+                report.failed.push(Failed {
+                    key: String::new(),
+                    error,
+                });
+                break;
+            }
+        };
+        let Some(last) = items.last() else { break };
+        after = last.key.clone();
+        for item in items {
+            to_dir_one(&item, dir, copy, &mut report);
+        }
+    }
+    if let Err(e) = crate::atomic::sync_dir(dir) {
+        report.failed.push(Failed {
+            key: String::new(),
+            error: format!("{}: {e}", dir.display()),
+        });
+    }
+    report.elapsed_seconds = started.elapsed().as_secs_f64();
+    report
+}
+
+fn to_dir_one(item: &Item, dir: &Path, copy: bool, report: &mut ToDirReport) {
+    {
         let rel = match crate::keypath::map_key(&item.key, item.row.as_ref().map_or(0, |r| r.size))
         {
             crate::keypath::Mapping::File(rel) | crate::keypath::Mapping::FolderMarker(rel) => rel,
@@ -412,7 +457,7 @@ pub fn to_dir(a: &AsOf, dir: &Path, copy: bool) -> ToDirReport {
                     key: item.key.clone(),
                     reason: reason.to_string(),
                 });
-                continue;
+                return;
             }
         };
         let out = dir.join(&rel);
@@ -424,9 +469,9 @@ pub fn to_dir(a: &AsOf, dir: &Path, copy: bool) -> ToDirReport {
                     error: format!("creating {}: {e}", out.display()),
                 }),
             }
-            continue;
+            return;
         };
-        match write_one(&item, path, &rel, dir, copy) {
+        match write_one(item, path, &rel, dir, copy) {
             Ok(Written::Linked(n, checked)) => {
                 report.files += 1;
                 report.linked += 1;
@@ -450,14 +495,6 @@ pub fn to_dir(a: &AsOf, dir: &Path, copy: bool) -> ToDirReport {
             }),
         }
     }
-    if let Err(e) = crate::atomic::sync_dir(dir) {
-        report.failed.push(Failed {
-            key: String::new(),
-            error: format!("{}: {e}", dir.display()),
-        });
-    }
-    report.elapsed_seconds = started.elapsed().as_secs_f64();
-    report
 }
 
 enum Written {

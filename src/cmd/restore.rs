@@ -74,9 +74,9 @@ fn prepare_restore(
         None if args.as_of.is_some() => {
             let tm = TimeMachine::open(d.clone(), args.history_dir.clone())?;
             let t = tm.instant(args.as_of.as_deref())?;
-            let rows = tm.catalog.as_of(t, &prefix).map_err(|e| e.to_string())?;
             restore::Source::AsOf(restore::AsOf {
-                rows,
+                catalog: tm.catalog,
+                t,
                 dest: tm.dest,
                 history: tm.history,
                 prefix,
@@ -166,12 +166,12 @@ fn to_dir(args: RestoreArgs, dir: &std::path::Path) -> ExitCode {
         .and_then(|tm| {
             let t = tm.instant(args.as_of.as_deref())?;
             let prefix = args.prefix.unwrap_or_default();
-            let rows = tm.catalog.as_of(t, &prefix).map_err(|e| e.to_string())?;
-            empty_or_new(dir)?;
+            empty_or_new(dir, &tm)?;
             Ok((
                 t,
                 restore::AsOf {
-                    rows,
+                    catalog: tm.catalog,
+                    t,
                     dest: tm.dest,
                     history: tm.history,
                     prefix,
@@ -194,9 +194,26 @@ fn to_dir(args: RestoreArgs, dir: &std::path::Path) -> ExitCode {
 }
 
 /// `--to-dir` must be a new folder (made here, owner-only) or an empty one: a tree written over other
-/// files could not be told from them.
-fn empty_or_new(dir: &std::path::Path) -> Result<(), String> {
+/// files could not be told from them. Never inside the backup or its history, nor around them: the
+/// backups would take its files for their own.
+fn empty_or_new(dir: &std::path::Path, tm: &TimeMachine) -> Result<(), String> {
     use std::os::unix::fs::DirBuilderExt;
+    let resolved = crate::config::resolve_lenient(dir)
+        .map_err(|e| format!("--to-dir {}: {e}", dir.display()))?;
+    for (what, root) in [
+        ("--dest", Some(&tm.dest)),
+        ("the history folder", tm.history.as_ref()),
+    ] {
+        let Some(root) = root else { continue };
+        let root = root.canonicalize().unwrap_or_else(|_| root.clone());
+        if resolved.starts_with(&root) || root.starts_with(&resolved) {
+            return Err(format!(
+                "--to-dir {}: inside {what} {} or around it (the tree goes into a folder of its own)",
+                dir.display(),
+                root.display()
+            ));
+        }
+    }
     match std::fs::symlink_metadata(dir) {
         Ok(m) if m.is_dir() => {
             let empty = std::fs::read_dir(dir)
