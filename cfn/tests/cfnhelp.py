@@ -548,6 +548,20 @@ def _plain_instance(t):
                                           "Version": {"Fn::GetAtt": ["LaunchTemplate", "LatestVersionNumber"]}}}}
 
 
+def _lc_rules(t):
+    return t["Resources"]["ImagesBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+
+
+def _lc_rule(t, rule_id):
+    return next(r for r in _lc_rules(t) if r["Id"] == rule_id)
+
+
+def _drop_lc_rule(rule_id):
+    def f(t):
+        _lc_rules(t).remove(_lc_rule(t, rule_id))
+    return f
+
+
 def _good_bucket(t):
     b = copy.deepcopy(t["Resources"]["ImagesBucket"])
     t["Resources"]["SecondBucket"] = b  # fully configured, but no bucket policy of its own
@@ -762,6 +776,38 @@ MUTANTS = [
                                                    .replace("(state|history)", "state"))),
     ("history_on_the_volume", "HistoryDays default 0",
      lambda t: t["Parameters"]["HistoryDays"].update(Default=0)),
+    ("s3_images_bucket_versions_expire", "no lifecycle rule on the images bucket",
+     lambda t: t["Resources"]["ImagesBucket"]["Properties"].pop("LifecycleConfiguration")),
+    ("s3_images_bucket_versions_expire", "noncurrent versions never expire (no version rule)",
+     _drop_lc_rule("ExpireOlderVersions")),
+    ("s3_images_bucket_versions_expire", "the version rule disabled",
+     lambda t: _lc_rule(t, "ExpireOlderVersions").update(Status="Disabled")),
+    ("s3_images_bucket_versions_expire", "versions expire after a fixed 30 days, not BucketVersionDays",
+     lambda t: _lc_rule(t, "ExpireOlderVersions")["NoncurrentVersionExpiration"].update(NoncurrentDays=30)),
+    ("s3_images_bucket_versions_expire", "versions expire only under a prefix",
+     lambda t: _lc_rule(t, "ExpireOlderVersions").update(Prefix="photos/")),
+    ("s3_images_bucket_versions_expire", "the 100 newest versions of each object kept past BucketVersionDays",
+     lambda t: _lc_rule(t, "ExpireOlderVersions")["NoncurrentVersionExpiration"].update(
+         NewerNoncurrentVersions=100)),
+    ("s3_images_bucket_versions_expire", "BucketVersionDays MinValue 1 (a version may expire before a daily run sees it)",
+     lambda t: t["Parameters"]["BucketVersionDays"].update(MinValue=1)),
+    ("s3_images_bucket_versions_expire", "BucketVersionDays without MinValue",
+     lambda t: t["Parameters"]["BucketVersionDays"].pop("MinValue")),
+    ("s3_images_bucket_versions_expire", "BucketVersionDays default 30",
+     lambda t: t["Parameters"]["BucketVersionDays"].update(Default=30)),
+    ("s3_images_bucket_versions_expire", "incomplete multipart uploads never aborted",
+     _drop_lc_rule("AbortIncompleteMultipartUploads")),
+    ("s3_images_bucket_versions_expire", "incomplete multipart uploads aborted after 30 days",
+     lambda t: _lc_rule(t, "AbortIncompleteMultipartUploads")["AbortIncompleteMultipartUpload"].update(
+         DaysAfterInitiation=30)),
+    ("s3_images_bucket_versions_expire", "a rule that expires current objects after a year",
+     lambda t: _lc_rule(t, "AbortIncompleteMultipartUploads").update(ExpirationInDays=365)),
+    ("s3_images_bucket_versions_expire", "a rule that moves objects to Glacier",
+     lambda t: _lc_rules(t).append({"Id": "Archive", "Status": "Enabled", "Transitions": [
+         {"StorageClass": "GLACIER", "TransitionInDays": 30}]})),
+    ("s3_images_bucket_versions_expire", "a rule that moves older versions to Glacier first",
+     lambda t: _lc_rule(t, "ExpireOlderVersions").update(NoncurrentVersionTransitions=[
+         {"StorageClass": "GLACIER", "TransitionInDays": 1}])),
     ("backup_linked_into_home", "no link in the home folder",
      _ud_replace('ln -s "$BACKUP_DIR" "$LINK"\n', 'true\n')),
     ("backup_linked_into_home", "a link elsewhere is replaced",
