@@ -562,6 +562,13 @@ def _drop_lc_rule(rule_id):
     return f
 
 
+def _star_version(t):
+    """One s3:*Version* statement on the images bucket's objects in place of the three."""
+    for sid in ("ListImageVersions", "SeeImagesBucketVersioning"):
+        _stmts(t).remove(_stmt(t, sid))
+    _stmt(t, "ReadImageVersions").update(Action="s3:*Version*")
+
+
 def _good_bucket(t):
     b = copy.deepcopy(t["Resources"]["ImagesBucket"])
     t["Resources"]["SecondBucket"] = b  # fully configured, but no bucket policy of its own
@@ -714,7 +721,7 @@ MUTANTS = [
          {"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/AdministratorAccess"})),
     ("iam_role_managed_policy_is_ssm_core", "no managed policy (no Session Manager)",
      lambda t: t["Resources"]["InstanceRole"]["Properties"].pop("ManagedPolicyArns")),
-    ("iam_role_inline_policy_exact", "an eighth statement (s3:PutObject)",
+    ("iam_role_inline_policy_exact", "an extra statement (s3:PutObject)",
      lambda t: t["Resources"]["InstanceRole"]["Properties"]["Policies"][0]["PolicyDocument"]
      ["Statement"].append({"Effect": "Allow", "Action": "s3:PutObject", "Resource": {
          "Fn::Sub": "arn:${AWS::Partition}:s3:::${ImagesBucket}/*"}})),
@@ -808,6 +815,41 @@ MUTANTS = [
     ("s3_images_bucket_versions_expire", "a rule that moves older versions to Glacier first",
      lambda t: _lc_rule(t, "ExpireOlderVersions").update(NoncurrentVersionTransitions=[
          {"StorageClass": "GLACIER", "TransitionInDays": 1}])),
+    ("iam_versions_images_bucket_only", "s3:GetObjectVersion on '*'",
+     lambda t: _stmt(t, "ReadImageVersions").update(Resource="*")),
+    ("iam_versions_images_bucket_only", "s3:GetObjectVersion on every bucket's objects",
+     lambda t: _stmt(t, "ReadImageVersions").update(Resource={"Fn::Sub": "arn:${AWS::Partition}:s3:::*/*"})),
+    ("iam_versions_images_bucket_only", "s3:GetObjectVersion on the artifact bucket too",
+     lambda t: _stmts(t).append({"Effect": "Allow", "Action": "s3:GetObjectVersion", "Resource": {
+         "Fn::Sub": "arn:${AWS::Partition}:s3:::${ArtifactBucket}/*"}})),
+    ("iam_versions_images_bucket_only", "s3:ListBucketVersions on '*'",
+     lambda t: _stmt(t, "ListImageVersions").update(Resource="*")),
+    ("iam_versions_images_bucket_only", "s3:ListBucketVersions on every bucket",
+     lambda t: _stmt(t, "ListImageVersions").update(Resource={"Fn::Sub": "arn:${AWS::Partition}:s3:::*"})),
+    ("iam_versions_images_bucket_only", "s3:GetBucketVersioning on '*'",
+     lambda t: _stmt(t, "SeeImagesBucketVersioning").update(Resource="*")),
+    ("iam_versions_images_bucket_only", "s3:GetBucketVersioning together with s3:PutBucketVersioning",
+     lambda t: _stmt(t, "SeeImagesBucketVersioning").update(
+         Action=["s3:GetBucketVersioning", "s3:PutBucketVersioning"])),
+    ("iam_versions_images_bucket_only", "s3:GetObject* instead of s3:GetObjectVersion",
+     lambda t: _stmt(t, "ReadImageVersions").update(Action="s3:GetObject*")),
+    ("iam_versions_images_bucket_only", "s3:*Version* instead of the three version actions",
+     _star_version),
+    ("iam_versions_images_bucket_only", "no s3:ListBucketVersions",
+     lambda t: _stmts(t).remove(_stmt(t, "ListImageVersions"))),
+    ("iam_versions_images_bucket_only", "no s3:GetBucketVersioning",
+     lambda t: _stmts(t).remove(_stmt(t, "SeeImagesBucketVersioning"))),
+    ("iam_versions_images_bucket_only", "no s3:GetObjectVersion",
+     lambda t: _stmts(t).remove(_stmt(t, "ReadImageVersions"))),
+    ("iam_versions_images_bucket_only", "the cron job without --versions",
+     _ud_replace_after('"$BIN" cron-entry', '--restore-archived "$RESTORE_ARCHIVED_DAYS" --versions',
+                       '--restore-archived "$RESTORE_ARCHIVED_DAYS"')),
+    ("iam_versions_images_bucket_only", "the first backup without --versions",
+     _ud_replace_after('"$BIN" --json', '--restore-archived "$RESTORE_ARCHIVED_DAYS" --versions',
+                       '--restore-archived "$RESTORE_ARCHIVED_DAYS"')),
+    ("iam_versions_images_bucket_only", "BackupNowCommand without --versions",
+     lambda t: t["Outputs"]["BackupNowCommand"]["Value"].update({"Fn::Sub": t["Outputs"]["BackupNowCommand"]
+                                                                ["Value"]["Fn::Sub"].replace(" --versions", "")})),
     ("backup_linked_into_home", "no link in the home folder",
      _ud_replace('ln -s "$BACKUP_DIR" "$LINK"\n', 'true\n')),
     ("backup_linked_into_home", "a link elsewhere is replaced",
