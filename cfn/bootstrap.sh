@@ -237,11 +237,13 @@ done
 systemctl enable --now "$unit" || die "could not start $unit"
 systemctl is-active --quiet "$unit" || die "$unit is not running"
 #    A leading dot keeps cron from reading the file before it is complete.
+#    --versions: the versions the bucket held since the last run go to history too
+#    (before its lifecycle rule expires them).
 "$BIN" cron-entry --schedule "$SCHEDULE" --user "$BACKUP_USER" \
   --bucket "$IMAGES_BUCKET" --dest "$BACKUP_DIR" --state-dir "$STATE_DIR" \
   --region "$REGION" --cloudwatch-namespace "$METRICS_NAMESPACE" \
   --history-dir "$HISTORY_DIR" --keep-days "$HISTORY_DAYS" --max-delete "$MAX_DELETE" \
-  --restore-archived "$RESTORE_ARCHIVED_DAYS" \
+  --restore-archived "$RESTORE_ARCHIVED_DAYS" --versions \
   > /etc/cron.d/.s3backup.tmp || die "s3backup cron-entry failed"
 chown root:root /etc/cron.d/.s3backup.tmp
 chmod 0644 /etc/cron.d/.s3backup.tmp
@@ -265,7 +267,7 @@ timeout -k 30 "$FIRST_BACKUP_TIMEOUT" runuser -u "$BACKUP_USER" -- "$BIN" --json
   --bucket "$IMAGES_BUCKET" --dest "$BACKUP_DIR" --state-dir "$STATE_DIR" \
   --region "$REGION" --cloudwatch-namespace "$METRICS_NAMESPACE" \
   --history-dir "$HISTORY_DIR" --keep-days "$HISTORY_DAYS" --max-delete "$MAX_DELETE" \
-  --restore-archived "$RESTORE_ARCHIVED_DAYS" \
+  --restore-archived "$RESTORE_ARCHIVED_DAYS" --versions \
   > "$WORK/first-backup.json" || rc=$?
 log "first backup report: $(cat "$WORK/first-backup.json")"
 case $rc in

@@ -316,6 +316,9 @@ pub struct CronArgs {
     /// The job's --restore-archived DAYS (0: off).
     #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(0..=36500))]
     pub restore_archived: Option<u32>,
+    /// The job's --versions (needs --history-dir).
+    #[arg(long)]
+    pub versions: bool,
     /// Path of the s3backup binary the job runs.
     #[arg(long, default_value = "/usr/local/bin/s3backup")]
     pub binary: String,
@@ -433,6 +436,7 @@ impl CronArgs {
             history_dir: self.history_dir,
             keep_days: self.keep_days,
             max_delete: self.max_delete,
+            versions: self.versions,
             log_tag: self.log_tag,
         };
         job.validate()?;

@@ -22,6 +22,9 @@ pub struct CronJob {
     pub history_dir: Option<String>,
     pub keep_days: Option<u32>,
     pub max_delete: Option<u8>,
+    /// `--versions`: the backup also keeps the versions the bucket held between two runs (in history,
+    /// so only together with `history_dir`).
+    pub versions: bool,
     pub log_tag: String,
 }
 
@@ -46,6 +49,10 @@ pub enum CronError {
     Newline { flag: &'static str, value: String },
     #[error("--log-tag {0:?}: expected letters, digits, '-', '_' or '.'")]
     Tag(String),
+    #[error(
+        "--versions needs --history-dir: the versions a run finds are kept in the history folder"
+    )]
+    VersionsWithoutHistory,
 }
 
 impl CronJob {
@@ -104,6 +111,9 @@ impl CronJob {
         if !tag_ok {
             return Err(CronError::Tag(self.log_tag.clone()));
         }
+        if self.versions && self.history_dir.is_none() {
+            return Err(CronError::VersionsWithoutHistory);
+        }
         Ok(())
     }
 
@@ -137,6 +147,9 @@ impl CronJob {
         if let Some(days) = self.restore_archived.filter(|&d| d > 0) {
             argv.push("--restore-archived".into());
             argv.push(days.to_string());
+        }
+        if self.versions {
+            argv.push("--versions".into());
         }
         let words: Vec<String> = argv.iter().map(|a| sh_quote(a)).collect();
         // Output goes to the system log (journald or syslog), tagged, rather than to cron's mail.
@@ -343,6 +356,7 @@ mod tests {
             history_dir: None,
             keep_days: None,
             max_delete: None,
+            versions: false,
             log_tag: "s3backup".into(),
         }
     }
@@ -405,6 +419,34 @@ mod tests {
         let mut j = job();
         j.schedule = "@daily".into();
         assert!(j.render().is_ok());
+    }
+
+    #[test]
+    fn versions_are_rendered_only_with_a_history_dir() {
+        let mut j = job();
+        assert!(!j.render().unwrap().contains("--versions"));
+        j.versions = true;
+        let e = j.render().unwrap_err();
+        assert_eq!(e, CronError::VersionsWithoutHistory);
+        let msg = e.to_string();
+        assert!(
+            msg.contains("--versions") && msg.contains("--history-dir"),
+            "{msg}"
+        );
+        assert_eq!(msg.lines().count(), 1, "{msg}");
+        j.history_dir = Some("/srv/s3backup/history".into());
+        j.keep_days = Some(30);
+        j.max_delete = Some(50);
+        j.restore_archived = Some(7);
+        let out = j.render().unwrap();
+        assert!(
+            out.contains(
+                " --history-dir /srv/s3backup/history --keep-days 30 --max-delete 50 --restore-archived 7 --versions 2>&1 | logger -t s3backup\n"
+            ),
+            "{out}"
+        );
+        j.versions = false;
+        assert!(!j.render().unwrap().contains("--versions"));
     }
 
     fn schedule_error(schedule: &str) -> String {

@@ -548,6 +548,27 @@ def _plain_instance(t):
                                           "Version": {"Fn::GetAtt": ["LaunchTemplate", "LatestVersionNumber"]}}}}
 
 
+def _lc_rules(t):
+    return t["Resources"]["ImagesBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+
+
+def _lc_rule(t, rule_id):
+    return next(r for r in _lc_rules(t) if r["Id"] == rule_id)
+
+
+def _drop_lc_rule(rule_id):
+    def f(t):
+        _lc_rules(t).remove(_lc_rule(t, rule_id))
+    return f
+
+
+def _star_version(t):
+    """One s3:*Version* statement on the images bucket's objects in place of the three."""
+    for sid in ("ListImageVersions", "SeeImagesBucketVersioning"):
+        _stmts(t).remove(_stmt(t, sid))
+    _stmt(t, "ReadImageVersions").update(Action="s3:*Version*")
+
+
 def _good_bucket(t):
     b = copy.deepcopy(t["Resources"]["ImagesBucket"])
     t["Resources"]["SecondBucket"] = b  # fully configured, but no bucket policy of its own
@@ -700,7 +721,7 @@ MUTANTS = [
          {"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/AdministratorAccess"})),
     ("iam_role_managed_policy_is_ssm_core", "no managed policy (no Session Manager)",
      lambda t: t["Resources"]["InstanceRole"]["Properties"].pop("ManagedPolicyArns")),
-    ("iam_role_inline_policy_exact", "an eighth statement (s3:PutObject)",
+    ("iam_role_inline_policy_exact", "an extra statement (s3:PutObject)",
      lambda t: t["Resources"]["InstanceRole"]["Properties"]["Policies"][0]["PolicyDocument"]
      ["Statement"].append({"Effect": "Allow", "Action": "s3:PutObject", "Resource": {
          "Fn::Sub": "arn:${AWS::Partition}:s3:::${ImagesBucket}/*"}})),
@@ -762,6 +783,73 @@ MUTANTS = [
                                                    .replace("(state|history)", "state"))),
     ("history_on_the_volume", "HistoryDays default 0",
      lambda t: t["Parameters"]["HistoryDays"].update(Default=0)),
+    ("s3_images_bucket_versions_expire", "no lifecycle rule on the images bucket",
+     lambda t: t["Resources"]["ImagesBucket"]["Properties"].pop("LifecycleConfiguration")),
+    ("s3_images_bucket_versions_expire", "noncurrent versions never expire (no version rule)",
+     _drop_lc_rule("ExpireOlderVersions")),
+    ("s3_images_bucket_versions_expire", "the version rule disabled",
+     lambda t: _lc_rule(t, "ExpireOlderVersions").update(Status="Disabled")),
+    ("s3_images_bucket_versions_expire", "versions expire after a fixed 30 days, not BucketVersionDays",
+     lambda t: _lc_rule(t, "ExpireOlderVersions")["NoncurrentVersionExpiration"].update(NoncurrentDays=30)),
+    ("s3_images_bucket_versions_expire", "versions expire only under a prefix",
+     lambda t: _lc_rule(t, "ExpireOlderVersions").update(Prefix="photos/")),
+    ("s3_images_bucket_versions_expire", "the 100 newest versions of each object kept past BucketVersionDays",
+     lambda t: _lc_rule(t, "ExpireOlderVersions")["NoncurrentVersionExpiration"].update(
+         NewerNoncurrentVersions=100)),
+    ("s3_images_bucket_versions_expire", "BucketVersionDays MinValue 1 (a version may expire before a daily run sees it)",
+     lambda t: t["Parameters"]["BucketVersionDays"].update(MinValue=1)),
+    ("s3_images_bucket_versions_expire", "BucketVersionDays without MinValue",
+     lambda t: t["Parameters"]["BucketVersionDays"].pop("MinValue")),
+    ("s3_images_bucket_versions_expire", "BucketVersionDays default 30",
+     lambda t: t["Parameters"]["BucketVersionDays"].update(Default=30)),
+    ("s3_images_bucket_versions_expire", "incomplete multipart uploads never aborted",
+     _drop_lc_rule("AbortIncompleteMultipartUploads")),
+    ("s3_images_bucket_versions_expire", "incomplete multipart uploads aborted after 30 days",
+     lambda t: _lc_rule(t, "AbortIncompleteMultipartUploads")["AbortIncompleteMultipartUpload"].update(
+         DaysAfterInitiation=30)),
+    ("s3_images_bucket_versions_expire", "a rule that expires current objects after a year",
+     lambda t: _lc_rule(t, "AbortIncompleteMultipartUploads").update(ExpirationInDays=365)),
+    ("s3_images_bucket_versions_expire", "a rule that moves objects to Glacier",
+     lambda t: _lc_rules(t).append({"Id": "Archive", "Status": "Enabled", "Transitions": [
+         {"StorageClass": "GLACIER", "TransitionInDays": 30}]})),
+    ("s3_images_bucket_versions_expire", "a rule that moves older versions to Glacier first",
+     lambda t: _lc_rule(t, "ExpireOlderVersions").update(NoncurrentVersionTransitions=[
+         {"StorageClass": "GLACIER", "TransitionInDays": 1}])),
+    ("iam_versions_images_bucket_only", "s3:GetObjectVersion on '*'",
+     lambda t: _stmt(t, "ReadImageVersions").update(Resource="*")),
+    ("iam_versions_images_bucket_only", "s3:GetObjectVersion on every bucket's objects",
+     lambda t: _stmt(t, "ReadImageVersions").update(Resource={"Fn::Sub": "arn:${AWS::Partition}:s3:::*/*"})),
+    ("iam_versions_images_bucket_only", "s3:GetObjectVersion on the artifact bucket too",
+     lambda t: _stmts(t).append({"Effect": "Allow", "Action": "s3:GetObjectVersion", "Resource": {
+         "Fn::Sub": "arn:${AWS::Partition}:s3:::${ArtifactBucket}/*"}})),
+    ("iam_versions_images_bucket_only", "s3:ListBucketVersions on '*'",
+     lambda t: _stmt(t, "ListImageVersions").update(Resource="*")),
+    ("iam_versions_images_bucket_only", "s3:ListBucketVersions on every bucket",
+     lambda t: _stmt(t, "ListImageVersions").update(Resource={"Fn::Sub": "arn:${AWS::Partition}:s3:::*"})),
+    ("iam_versions_images_bucket_only", "s3:GetBucketVersioning on '*'",
+     lambda t: _stmt(t, "SeeImagesBucketVersioning").update(Resource="*")),
+    ("iam_versions_images_bucket_only", "s3:GetBucketVersioning together with s3:PutBucketVersioning",
+     lambda t: _stmt(t, "SeeImagesBucketVersioning").update(
+         Action=["s3:GetBucketVersioning", "s3:PutBucketVersioning"])),
+    ("iam_versions_images_bucket_only", "s3:GetObject* instead of s3:GetObjectVersion",
+     lambda t: _stmt(t, "ReadImageVersions").update(Action="s3:GetObject*")),
+    ("iam_versions_images_bucket_only", "s3:*Version* instead of the three version actions",
+     _star_version),
+    ("iam_versions_images_bucket_only", "no s3:ListBucketVersions",
+     lambda t: _stmts(t).remove(_stmt(t, "ListImageVersions"))),
+    ("iam_versions_images_bucket_only", "no s3:GetBucketVersioning",
+     lambda t: _stmts(t).remove(_stmt(t, "SeeImagesBucketVersioning"))),
+    ("iam_versions_images_bucket_only", "no s3:GetObjectVersion",
+     lambda t: _stmts(t).remove(_stmt(t, "ReadImageVersions"))),
+    ("iam_versions_images_bucket_only", "the cron job without --versions",
+     _ud_replace_after('"$BIN" cron-entry', '--restore-archived "$RESTORE_ARCHIVED_DAYS" --versions',
+                       '--restore-archived "$RESTORE_ARCHIVED_DAYS"')),
+    ("iam_versions_images_bucket_only", "the first backup without --versions",
+     _ud_replace_after('"$BIN" --json', '--restore-archived "$RESTORE_ARCHIVED_DAYS" --versions',
+                       '--restore-archived "$RESTORE_ARCHIVED_DAYS"')),
+    ("iam_versions_images_bucket_only", "BackupNowCommand without --versions",
+     lambda t: t["Outputs"]["BackupNowCommand"]["Value"].update({"Fn::Sub": t["Outputs"]["BackupNowCommand"]
+                                                                ["Value"]["Fn::Sub"].replace(" --versions", "")})),
     ("backup_linked_into_home", "no link in the home folder",
      _ud_replace('ln -s "$BACKUP_DIR" "$LINK"\n', 'true\n')),
     ("backup_linked_into_home", "a link elsewhere is replaced",

@@ -392,6 +392,7 @@ else
   check "RestoreArchivedDays $EXPECT_RESTORE_ARCHIVED: the job has --restore-archived $EXPECT_RESTORE_ARCHIVED" \
     job_has "--restore-archived $EXPECT_RESTORE_ARCHIVED"
 fi
+check "the job keeps the versions the bucket held between runs: --versions" job_has --versions
 # The first backup published its outcome, where the alarms look (moto's CloudWatch).
 succeeded_metric() {
   local max
