@@ -99,7 +99,7 @@ pub async fn run(
         reconcile(config, &prep, &mut pass, listing, stop, pb).await;
     }
     if stop.caught().is_none() && versioned {
-        keep_versions(&prep, &mut pass, stop, pb).await;
+        keep_versions(config, &prep, &mut pass, stop, pb).await;
     }
     if stop.caught().is_none() {
         prune(config, &prep, &mut pass.report);
@@ -609,7 +609,17 @@ const VERSIONS_PAGE: u32 = 1000;
 /// Step 4, with `--versions`: the intervals of the versions history holds settled by the listing,
 /// then every listed noncurrent version held nowhere fetched (by VersionId) into history, under the
 /// second it stopped being current.
-async fn keep_versions(prep: &Prepared, pass: &mut Pass, stop: &Stop, pb: &ProgressBar) {
+async fn keep_versions(
+    config: &Config,
+    prep: &Prepared,
+    pass: &mut Pass,
+    stop: &Stop,
+    pb: &ProgressBar,
+) {
+    let cutoff = (config.keep_days > 0).then(|| {
+        std::time::SystemTime::now()
+            - std::time::Duration::from_secs(u64::from(config.keep_days) * 86_400)
+    });
     let (Some(catalog), Some(history)) = (prep.catalog.clone(), prep.history.clone()) else {
         return;
     };
@@ -643,14 +653,22 @@ async fn keep_versions(prep: &Prepared, pass: &mut Pass, stop: &Stop, pb: &Progr
         let Some(last) = page.last() else { break };
         after = (last.key.clone(), last.version_id.clone());
         for v in page {
-            if let crate::keypath::Mapping::Refused(reason) =
-                crate::keypath::map_key(&v.key, v.size)
-            {
-                tracing::debug!(key = ?v.key, "version {} not kept: {reason}", v.version_id);
-                continue;
+            match crate::keypath::map_key(&v.key, v.size) {
+                crate::keypath::Mapping::File(_) => {}
+                // An empty folder marker's old version holds nothing to keep.
+                crate::keypath::Mapping::FolderMarker(_) => continue,
+                // Named, as the current version of such a key is: not kept, and the run says so.
+                crate::keypath::Mapping::Refused(reason) => {
+                    pass.report.refused.push(Refused {
+                        key: v.key,
+                        reason: format!("noncurrent version {}: {reason}", v.version_id),
+                    });
+                    continue;
+                }
             }
-            if v.key.ends_with('/') {
-                continue; // a folder marker's old versions hold nothing
+            // Older than --keep-days: it would be pruned at the end of this very run.
+            if cutoff.is_some_and(|c| v.until < c) {
+                continue;
             }
             let file = history.version_file(&v.key, v.until, |f| {
                 catalog.held_file_taken(f).unwrap_or(true)
@@ -660,6 +678,7 @@ async fn keep_versions(prep: &Prepared, pass: &mut Pass, stop: &Stop, pb: &Progr
                 HeldPlace {
                     file,
                     until: v.until,
+                    followed_by: v.followed_by,
                 },
             );
             let obj = ObjectInfo {
@@ -692,10 +711,19 @@ fn prune(config: &Config, prep: &Prepared, report: &mut Report) {
             for f in p.failed {
                 tracing::warn!("pruning history: {f}");
             }
-            if let Some(c) = &prep.catalog
-                && let Err(e) = c.forget_held_in(&p.folders)
-            {
-                tracing::warn!("{e}: the catalog still lists versions of pruned folders");
+            if let Some(c) = &prep.catalog {
+                if let Err(e) = c.forget_held_in(&p.folders) {
+                    tracing::warn!("{e}: the catalog still lists versions of pruned folders");
+                }
+                // From here back, versions may be pruned (or were never fetched): the time machine
+                // answers only for instants after it.
+                if config.keep_days > 0 {
+                    let cutoff = std::time::SystemTime::now()
+                        - std::time::Duration::from_secs(u64::from(config.keep_days) * 86_400);
+                    if let Err(e) = c.raise_horizon(cutoff) {
+                        tracing::warn!("{e}: the pruning horizon is not recorded");
+                    }
+                }
             }
         }
         Err(e) => tracing::warn!("pruning {}: {e}", h.root().display()),

@@ -46,13 +46,15 @@ const HISTORY_TABLES: &str = "
         until_ns INTEGER NOT NULL,
         exact INTEGER NOT NULL,
         etag TEXT,
-        crc64nvme INTEGER
+        crc64nvme INTEGER,
+        followed_by TEXT
     ) WITHOUT ROWID;
     CREATE INDEX IF NOT EXISTS held_by_key ON held (key, until_ns);
     CREATE TABLE IF NOT EXISTS markers (
         key TEXT NOT NULL,
         version_id TEXT NOT NULL,
         at_ns INTEGER NOT NULL,
+        followed_by TEXT,
         PRIMARY KEY (key, version_id)
     ) WITHOUT ROWID;
     CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY NOT NULL, value TEXT) WITHOUT ROWID;";
@@ -109,6 +111,9 @@ pub struct Held {
     pub exact: bool,
     pub etag: Option<String>,
     pub crc64nvme: Option<u64>,
+    /// The VersionId of the entry (version or delete marker) that followed it, when a versioned
+    /// listing said: what orders versions of one second.
+    pub followed_by: Option<String>,
 }
 
 /// A noncurrent version or delete marker the versioned listing returned (`note_versions`).
@@ -121,6 +126,8 @@ pub struct Listed {
     pub until: SystemTime,
     pub etag: Option<String>,
     pub checksum_type: Option<String>,
+    /// The VersionId of the entry that followed it.
+    pub followed_by: Option<String>,
 }
 
 /// One key as it was at an instant (`as_of`), or one of its versions (`versions_of`).
@@ -141,6 +148,9 @@ pub struct AtInstant {
     pub current_until: Option<SystemTime>,
     /// `second` or `run`: how exactly the interval is known.
     pub precision: &'static str,
+    /// The VersionId of the entry that followed it, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub followed_by: Option<String>,
     /// `dest` (the file under `--dest`) or `history` (under the history folder).
     pub place: &'static str,
     /// The file's path relative to its place (a delete marker has none).
@@ -148,6 +158,10 @@ pub struct AtInstant {
     /// A delete marker (in `versions_of` only).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub delete_marker: bool,
+    /// `verify` found the file damaged: no version until a backup fetches it again (restore calls it
+    /// corrupt).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub damaged: bool,
 }
 
 fn ser_time<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
@@ -471,8 +485,9 @@ impl Catalog {
             let mut stmt = tx
                 .prepare_cached(
                     "INSERT OR REPLACE INTO held
-                     (file, key, version_id, size, last_modified_ns, until_ns, exact, etag, crc64nvme)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                     (file, key, version_id, size, last_modified_ns, until_ns, exact, etag, crc64nvme,
+                      followed_by)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 )
                 .map_err(|e| self.err(e))?;
             for h in rows {
@@ -486,6 +501,7 @@ impl Catalog {
                     h.exact,
                     h.etag,
                     h.crc64nvme.map(|c| c as i64),
+                    h.followed_by,
                 ])
                 .map_err(|e| self.err(e))?;
             }
@@ -509,6 +525,53 @@ impl Catalog {
             .map_err(|e| self.err(e))?;
         }
         tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Up to `limit` held versions whose key starts with `prefix`, after `after` (a file), by file.
+    pub fn held_page(
+        &self,
+        prefix: &str,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<Held>, CatalogError> {
+        if !self.has_history {
+            return Ok(Vec::new());
+        }
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT file, key, version_id, size, last_modified_ns, until_ns, exact, etag, crc64nvme,
+                        followed_by
+                 FROM held WHERE file > ?2 AND substr(key, 1, length(?1)) = ?1
+                 ORDER BY file LIMIT ?3",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![prefix, after, limit], |r| {
+                Ok(Held {
+                    file: r.get(0)?,
+                    key: r.get(1)?,
+                    version_id: r.get(2)?,
+                    size: r.get::<_, i64>(3)? as u64,
+                    last_modified: r.get::<_, Option<i64>>(4)?.map(from_unix_nanos),
+                    until: from_unix_nanos(r.get(5)?),
+                    exact: r.get(6)?,
+                    etag: r.get(7)?,
+                    crc64nvme: r.get::<_, Option<i64>>(8)?.map(|c| c as u64),
+                    followed_by: r.get(9)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Forget one held version (its file is gone or damaged): a versioned run fetches it again while
+    /// the bucket holds it.
+    pub fn forget_held_file(&self, file: &str) -> Result<(), CatalogError> {
+        self.lock()
+            .execute("DELETE FROM held WHERE file = ?1", [file])
+            .map(|_| ())
+            .map_err(|e| self.err(e))
     }
 
     /// Whether a held row names `file` (relative to the history folder).
@@ -541,7 +604,7 @@ impl Catalog {
     pub fn note_versions(
         &self,
         versions: &[Listed],
-        markers: &[(String, String, SystemTime)],
+        markers: &[(String, String, SystemTime, Option<String>)],
     ) -> Result<(), CatalogError> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
@@ -550,8 +613,9 @@ impl Catalog {
             let mut stmt = tx
                 .prepare_cached(
                     "INSERT OR REPLACE INTO temp.pending
-                     (key, version_id, size, last_modified_ns, until_ns, etag, checksum_type)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                     (key, version_id, size, last_modified_ns, until_ns, etag, checksum_type,
+                      followed_by)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )
                 .map_err(|e| self.err(e))?;
             for v in versions {
@@ -563,16 +627,18 @@ impl Catalog {
                     unix_nanos(v.until).unwrap_or(0),
                     v.etag,
                     v.checksum_type,
+                    v.followed_by,
                 ])
                 .map_err(|e| self.err(e))?;
             }
             let mut stmt = tx
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO markers (key, version_id, at_ns) VALUES (?1, ?2, ?3)",
+                    "INSERT INTO markers (key, version_id, at_ns, followed_by) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (key, version_id) DO UPDATE SET followed_by = excluded.followed_by",
                 )
                 .map_err(|e| self.err(e))?;
-            for (key, vid, at) in markers {
-                stmt.execute(params![key, vid, unix_nanos(*at).unwrap_or(0)])
+            for (key, vid, at, followed_by) in markers {
+                stmt.execute(params![key, vid, unix_nanos(*at).unwrap_or(0), followed_by])
                     .map_err(|e| self.err(e))?;
             }
         }
@@ -587,28 +653,31 @@ impl Catalog {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
         tx.execute_batch(PENDING_TABLE).map_err(|e| self.err(e))?;
+        // Only where exactly one listed version fits: two versions of one second and size (an
+        // overwrite within a second) tell apart only by ETag, and a row without one is left unmatched
+        // (its version is then fetched again: a duplicate, never a wrong VersionId).
+        let fits = "FROM temp.pending p
+                    WHERE p.key = held.key AND p.size = held.size
+                      AND p.last_modified_ns = held.last_modified_ns
+                      AND (held.etag IS NULL OR p.etag = held.etag)
+                      AND NOT EXISTS (SELECT 1 FROM held h2
+                                      WHERE h2.key = p.key AND h2.version_id = p.version_id)";
         let adopted = tx
             .execute(
-                "UPDATE held SET version_id = (
-                     SELECT p.version_id FROM temp.pending p
-                     WHERE p.key = held.key AND p.size = held.size
-                       AND p.last_modified_ns = held.last_modified_ns
-                       AND NOT EXISTS (SELECT 1 FROM held h2
-                                       WHERE h2.key = p.key AND h2.version_id = p.version_id)
-                     ORDER BY p.until_ns LIMIT 1)
-                 WHERE version_id IS NULL AND EXISTS (
-                     SELECT 1 FROM temp.pending p
-                     WHERE p.key = held.key AND p.size = held.size
-                       AND p.last_modified_ns = held.last_modified_ns)",
+                &format!(
+                    "UPDATE held SET version_id = (SELECT p.version_id {fits})
+                     WHERE version_id IS NULL AND (SELECT count(*) {fits}) = 1"
+                ),
                 [],
             )
             .map_err(|e| self.err(e))?;
         let exact = tx
             .execute(
-                "UPDATE held SET until_ns = p.until_ns, exact = 1
+                "UPDATE held SET until_ns = p.until_ns, exact = 1, followed_by = p.followed_by
                  FROM temp.pending p
                  WHERE held.key = p.key AND held.version_id = p.version_id
-                   AND (held.until_ns <> p.until_ns OR held.exact = 0)",
+                   AND (held.until_ns <> p.until_ns OR held.exact = 0
+                        OR held.followed_by IS NOT p.followed_by)",
                 [],
             )
             .map_err(|e| self.err(e))?;
@@ -628,7 +697,7 @@ impl Catalog {
         let mut stmt = conn
             .prepare_cached(
                 "SELECT p.key, p.version_id, p.size, p.last_modified_ns, p.until_ns, p.etag,
-                        p.checksum_type
+                        p.checksum_type, p.followed_by
                  FROM temp.pending p
                  WHERE (p.key, p.version_id) > (?1, ?2)
                    AND NOT EXISTS (SELECT 1 FROM held h
@@ -648,6 +717,7 @@ impl Catalog {
                     until: from_unix_nanos(r.get(4)?),
                     etag: r.get(5)?,
                     checksum_type: r.get(6)?,
+                    followed_by: r.get(7)?,
                 })
             })
             .map_err(|e| self.err(e))?;
@@ -675,7 +745,7 @@ impl Catalog {
         let held = if self.has_history {
             "UNION ALL
              SELECT key, version_id, size, etag, crc64nvme, last_modified_ns, until_ns, exact,
-                    'history', file
+                    'history', file, 0, followed_by
              FROM held
              WHERE key > ?3 AND substr(key, 1, length(?2)) = ?2
                AND (last_modified_ns IS NULL OR last_modified_ns <= ?1) AND until_ns > ?1"
@@ -687,8 +757,11 @@ impl Catalog {
         } else {
             "NULL"
         };
+        // A read-only catalog of an older schema may lack the column (it is then read as undamaged).
+        let dmg = if self.has_history { "damaged" } else { "0" };
         let sql = format!(
-            "SELECT key, version_id, size, etag, crc64nvme, from_ns, until_ns, exact, place, file
+            "SELECT key, version_id, size, etag, crc64nvme, from_ns, until_ns, exact, place, file,
+                    damaged, followed_by
              FROM (
                SELECT *, row_number() OVER (
                           PARTITION BY key ORDER BY coalesce(from_ns, -1) DESC,
@@ -696,9 +769,9 @@ impl Catalog {
                FROM (
                  SELECT key, {vid} AS version_id, size, etag, crc64nvme,
                         last_modified_ns AS from_ns, NULL AS until_ns, {vid} IS NOT NULL AS exact,
-                        'dest' AS place, key AS file
+                        'dest' AS place, key AS file, {dmg} AS damaged, NULL AS followed_by
                  FROM files
-                 WHERE key > ?3 AND damaged = 0 AND substr(key, 1, length(?2)) = ?2
+                 WHERE key > ?3 AND substr(key, 1, length(?2)) = ?2
                    AND (last_modified_ns IS NULL OR last_modified_ns <= ?1)
                  {held}))
              WHERE rn = 1 ORDER BY key LIMIT ?4"
@@ -722,6 +795,7 @@ impl Catalog {
     /// Every version held for `key` (in `--dest` and in history) and every delete marker seen, the
     /// newest first.
     pub fn versions_of(&self, key: &str) -> Result<Vec<AtInstant>, CatalogError> {
+        let dmg = if self.has_history { "damaged" } else { "0" };
         let vid = if self.has_history {
             "version_id"
         } else {
@@ -729,32 +803,80 @@ impl Catalog {
         };
         let mut sql = format!(
             "SELECT key, {vid}, size, etag, crc64nvme, last_modified_ns, NULL, {vid} IS NOT NULL,
-                    'dest', key
-             FROM files WHERE key = ?1 AND damaged = 0"
+                    'dest', key, {dmg}, NULL
+             FROM files WHERE key = ?1"
         );
         if self.has_history {
             sql.push_str(
                 " UNION ALL
                  SELECT key, version_id, size, etag, crc64nvme, last_modified_ns, until_ns, exact,
-                        'history', file FROM held WHERE key = ?1
+                        'history', file, 0, followed_by FROM held WHERE key = ?1
                  UNION ALL
-                 SELECT key, version_id, 0, NULL, NULL, at_ns, NULL, 1, 'marker', NULL
+                 SELECT key, version_id, 0, NULL, NULL, at_ns, NULL, 1, 'marker', NULL, 0,
+                        followed_by
                  FROM markers WHERE key = ?1",
             );
         }
-        sql.push_str(" ORDER BY 6 DESC");
         let conn = self.lock();
         let mut stmt = conn.prepare(&sql).map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([key], instant_from_row)
             .map_err(|e| self.err(e))?;
         let mut out: Vec<AtInstant> = rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?;
-        // A marker is current until what followed it: the next newer entry's start.
-        for i in 1..out.len() {
-            if out[i].delete_marker {
-                out[i].current_until = out[i - 1].current_from;
-            }
+        // The listing said what followed each entry: a marker was current until that entry began
+        // (none followed it: the key is deleted now). Without that (history from before), until the
+        // first version that began at or after it and was still current after it.
+        let starts: std::collections::HashMap<String, Option<SystemTime>> = out
+            .iter()
+            .filter_map(|r| Some((r.version_id.clone()?, r.current_from)))
+            .collect();
+        let versions: Vec<(Option<SystemTime>, Option<SystemTime>)> = out
+            .iter()
+            .filter(|r| !r.delete_marker)
+            .map(|r| (r.current_from, r.current_until))
+            .collect();
+        for m in out.iter_mut().filter(|r| r.delete_marker) {
+            let at = m.current_from;
+            m.current_until = match m.followed_by.as_ref().and_then(|f| starts.get(f)) {
+                Some(start) => *start,
+                None => versions
+                    .iter()
+                    .filter(|(from, until)| *from >= at && until.is_none_or(|u| Some(u) > at))
+                    .filter_map(|(from, _)| *from)
+                    .min(),
+            };
         }
+        // Newest first: by start; within one second, by how many entries followed each (the chain the
+        // listing gave), then the one still current (or current longest) first.
+        let follows: std::collections::HashMap<String, String> = out
+            .iter()
+            .filter_map(|r| Some((r.version_id.clone()?, r.followed_by.clone()?)))
+            .collect();
+        let depth = |r: &AtInstant| {
+            let mut n = 0usize;
+            let mut at = r.version_id.clone();
+            while let Some(next) = at.as_ref().and_then(|id| follows.get(id)) {
+                n += 1;
+                if n > follows.len() {
+                    break; // a cycle cannot come from a listing; never loop on one
+                }
+                at = Some(next.clone());
+            }
+            n
+        };
+        let mut keyed: Vec<(usize, AtInstant)> = out.into_iter().map(|r| (depth(&r), r)).collect();
+        keyed.sort_by(|(da, a), (db, b)| {
+            b.current_from
+                .cmp(&a.current_from)
+                .then(da.cmp(db))
+                .then_with(|| match (a.current_until, b.current_until) {
+                    (None, None) => std::cmp::Ordering::Equal,
+                    (None, Some(_)) => std::cmp::Ordering::Less,
+                    (Some(_), None) => std::cmp::Ordering::Greater,
+                    (Some(x), Some(y)) => y.cmp(&x),
+                })
+        });
+        let out = keyed.into_iter().map(|(_, r)| r).collect();
         Ok(out)
     }
 
@@ -766,13 +888,30 @@ impl Catalog {
         } else {
             ""
         };
-        let sql = format!(
-            "SELECT min(t) FROM (SELECT min(last_modified_ns) AS t FROM files WHERE damaged = 0{held})"
-        );
+        let sql =
+            format!("SELECT min(t) FROM (SELECT min(last_modified_ns) AS t FROM files{held})");
         self.lock()
             .query_row(&sql, [], |r| r.get::<_, Option<i64>>(0))
             .map(|t| t.map(from_unix_nanos))
             .map_err(|e| self.err(e))
+    }
+
+    /// Record that versions which stopped being current before `t` may have been pruned (the horizon
+    /// only moves forward).
+    pub fn raise_horizon(&self, t: SystemTime) -> Result<(), CatalogError> {
+        let t = unix_nanos(t).unwrap_or(0);
+        if self.horizon()?.and_then(unix_nanos).is_some_and(|h| h >= t) {
+            return Ok(());
+        }
+        self.set_meta(HORIZON, &t.to_string())
+    }
+
+    /// The instant before which the catalog may be incomplete (versions pruned by `--keep-days`).
+    pub fn horizon(&self) -> Result<Option<SystemTime>, CatalogError> {
+        Ok(self
+            .meta(HORIZON)?
+            .and_then(|v| v.parse::<i64>().ok())
+            .map(from_unix_nanos))
     }
 
     /// A one-off fact (`meta`), such as whether older history was adopted.
@@ -799,6 +938,9 @@ impl Catalog {
     }
 }
 
+/// The `meta` entry of the pruning horizon (`raise_horizon`).
+const HORIZON: &str = "complete-from-ns";
+
 /// This run's noncurrent versions, as the versioned listing returned them.
 const PENDING_TABLE: &str = "CREATE TEMP TABLE IF NOT EXISTS pending (
     key TEXT NOT NULL,
@@ -808,6 +950,7 @@ const PENDING_TABLE: &str = "CREATE TEMP TABLE IF NOT EXISTS pending (
     until_ns INTEGER NOT NULL,
     etag TEXT,
     checksum_type TEXT,
+    followed_by TEXT,
     PRIMARY KEY (key, version_id)
 ) WITHOUT ROWID";
 
@@ -831,9 +974,11 @@ fn instant_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AtInstant> {
         } else {
             "run"
         },
-        place: if marker { "bucket" } else { place },
+        place: if marker { "none" } else { place },
         file: r.get(9)?,
         delete_marker: marker,
+        damaged: r.get(10)?,
+        followed_by: r.get(11)?,
     })
 }
 

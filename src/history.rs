@@ -294,7 +294,7 @@ impl History {
     }
 
     /// The catalog's row for the version `keep_old` (or a deletion) just moved from `target` into this
-    /// run's folder: what the backup recorded of it (`row`; without one, what the file says), current
+    /// run's folder: what the backup recorded of it (`row`; none without one), current
     /// until `until` (the replacement's LastModified), or until this run found it gone. Either is only a
     /// bound (`exact` false) until a versioned listing settles it (`Catalog::settle_held`).
     pub fn held_row(
@@ -303,15 +303,13 @@ impl History {
         row: Option<&Entry>,
         until: Option<SystemTime>,
     ) -> Option<Held> {
+        // A file with no row is kept as it is (it may be a version from before the catalog, or a
+        // user's own), but the catalog does not vouch for it as a version the bucket held.
+        let row = row?;
         let rel = target.strip_prefix(&self.dest).ok()?.to_str()?;
         let file = format!("{}/{rel}", self.run_id()?);
-        let (size, last_modified) = match row {
-            Some(r) => (r.size, r.last_modified),
-            None => {
-                let m = fs::symlink_metadata(self.root.join(&file)).ok()?;
-                (m.len(), m.modified().ok())
-            }
-        };
+        let (size, last_modified) = (row.size, row.last_modified);
+        let row = Some(row);
         Some(Held {
             file,
             key: rel.to_owned(),
@@ -322,6 +320,7 @@ impl History {
             exact: false,
             etag: row.and_then(|r| r.etag.clone()),
             crc64nvme: row.and_then(|r| r.crc64nvme),
+            followed_by: None,
         })
     }
 
@@ -475,6 +474,7 @@ pub fn adoptable(root: &Path) -> io::Result<Vec<Held>> {
                 exact: false,
                 etag: None,
                 crc64nvme: None,
+                followed_by: None,
             });
         }
     }

@@ -34,8 +34,14 @@ pub fn parse_as_of(s: &str) -> Result<SystemTime, String> {
         Some((base, off))
             if (off.starts_with('+') || off.starts_with('-')) && off.as_bytes()[3] == b':' =>
         {
-            let num = |r: std::ops::Range<usize>| off[r].parse::<i64>().map_err(|_| bad());
-            let secs = num(1..3)? * 3600 + num(4..6)? * 60;
+            let num = |r: std::ops::Range<usize>, max: i64| {
+                let digits = &off[r];
+                match digits.parse::<i64>() {
+                    Ok(n) if digits.bytes().all(|b| b.is_ascii_digit()) && n <= max => Ok(n),
+                    _ => Err(bad()),
+                }
+            };
+            let secs = num(1..3, 23)? * 3600 + num(4..6, 59)? * 60;
             (
                 format!("{base}Z"),
                 if off.starts_with('-') { -secs } else { secs },
@@ -75,6 +81,10 @@ mod tests {
             "2026-13-01",
             "2026-11-20 14:00",
             "20261120",
+            "2026-11-20T14:00:00+24:00",
+            "2026-11-20T14:00:00+01:60",
+            "2026-11-20T14:00:00+-1:00",
+            "2026-11-20T14:00:00+99:99",
         ] {
             let e = parse_as_of(bad).unwrap_err();
             assert!(e.starts_with("--as-of"), "{e}");

@@ -83,7 +83,7 @@ impl AsOf {
                 last_modified: r.current_from,
                 etag: r.etag,
                 crc64nvme: r.crc64nvme,
-                damaged: false,
+                damaged: r.damaged,
                 version_id: r.version_id,
             }),
             root,

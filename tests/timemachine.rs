@@ -583,3 +583,251 @@ fn rot_in_history_is_caught_by_restore_to_dir() {
     assert_eq!(r.json()["corrupt"][0], "p.jpg");
     assert!(!Path::new(&dir.join("p.jpg")).exists());
 }
+
+/// Put `bodies` to `key` (and delete it after, with `then_delete`) all within one second, retrying on
+/// a fresh key when a second boundary fell in between; returns the key used.
+fn in_one_second(b: &Bucket, stem: &str, bodies: &[&[u8]], then_delete: bool) -> String {
+    for attempt in 0..6 {
+        let key = format!("{stem}-{attempt}");
+        next_second();
+        for body in bodies {
+            b.put(&key, body);
+        }
+        if then_delete {
+            delete(b, &key);
+        }
+        let out = rt()
+            .block_on(
+                b.client
+                    .list_object_versions()
+                    .bucket(&b.name)
+                    .prefix(&key)
+                    .send(),
+            )
+            .unwrap();
+        let mut secs: Vec<i64> = out
+            .versions()
+            .iter()
+            .map(|v| v.last_modified().unwrap().secs())
+            .chain(
+                out.delete_markers()
+                    .iter()
+                    .map(|m| m.last_modified().unwrap().secs()),
+            )
+            .collect();
+        secs.sort_unstable();
+        secs.dedup();
+        if secs.len() == 1 {
+            return key;
+        }
+    }
+    panic!("no second held all the changes");
+}
+
+/// Adversarial pass, defect 1: noncurrent versions of a key the disk cannot hold (`../y`) and a folder
+/// key with bytes are named as refused (exit 1), not dropped in silence.
+#[test]
+fn versions_of_refused_keys_are_named() {
+    let b = Bucket::new(Kind::Moto, "tm-refused");
+    enable_versioning(&b);
+    b.put("../y", b"secret1");
+    b.put("../y", b"secret2");
+    b.put("dir3/", b"content in a folder key");
+    b.put("dir3/", b"");
+    b.put("ok", b"ok");
+    let s = Scratch::new();
+    let r = versioned_backup(&b, &s, &[]);
+    assert_eq!(r.code(), 1, "{}", r.stderr());
+    let refused = r.json()["refused"].clone();
+    let text = refused.to_string();
+    assert!(
+        text.contains("../y") && text.contains("noncurrent version"),
+        "{text}"
+    );
+    assert!(text.contains("dir3/"), "{text}");
+    assert_eq!(std::fs::read(s.dest.join("ok")).unwrap(), b"ok");
+}
+
+/// Defect 2: history adopted from unversioned runs is matched to its VersionId by ETag too, so two
+/// versions of one second and size are not taken for each other (and neither is lost).
+#[test]
+fn adopted_history_of_one_second_keeps_both_versions() {
+    let b = Bucket::new(Kind::Moto, "tm-adopt");
+    enable_versioning(&b);
+    let s = Scratch::new();
+    let h = history(&s);
+    let hist = ["--history-dir", h.to_str().unwrap()];
+    b.put("seed", b"x");
+    assert_eq!(backup(&b, &s, &hist).code(), 0);
+    let key = in_one_second(&b, "f", &[b"AA", b"BB", b"CC"], false);
+    assert_eq!(backup(&b, &s, &hist).code(), 0);
+    b.put(&key, b"DDD");
+    assert_eq!(backup(&b, &s, &hist).code(), 0, "CC moved to history");
+    let r = versioned_backup(&b, &s, &[]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let bucket = all_versions(&b);
+    let held = held_versions(&s, &[&key]);
+    for ((k, id), bytes) in bucket.iter().filter(|((k, _), _)| *k == key) {
+        let (got, path) = held
+            .get(&(k.clone(), id.clone()))
+            .unwrap_or_else(|| panic!("version {id} ({bytes:?}) not held: {held:?}"));
+        assert_eq!(got, bytes, "{path}");
+    }
+}
+
+/// Defect 3: `verify` checks the versions in history too; a damaged one is named (exit 1) and the next
+/// versioned run fetches it again.
+#[test]
+fn verify_checks_history_and_the_next_run_heals_it() {
+    let b = Bucket::new(Kind::Moto, "tm-verify");
+    enable_versioning(&b);
+    b.put("p.jpg", b"version one");
+    b.put("p.jpg", b"version two");
+    let s = Scratch::new();
+    assert_eq!(versioned_backup(&b, &s, &[]).code(), 0);
+    let held = held_versions(&s, &["p.jpg"]);
+    let (_, old) = held
+        .values()
+        .find(|(d, _)| d == b"version one")
+        .expect("held")
+        .clone();
+    let mtime = std::fs::metadata(&old).unwrap().modified().unwrap();
+    std::fs::write(&old, b"version ONE").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let r = tm(&s, "verify", &[]);
+    assert_eq!(r.code(), 1, "{}", r.stderr());
+    assert_eq!(r.json()["history_damaged"].as_array().unwrap().len(), 1);
+    let r = versioned_backup(&b, &s, &[]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    assert_eq!(r.json()["versions_downloaded"], 1, "fetched again");
+    let held = held_versions(&s, &["p.jpg"]);
+    assert!(held.values().any(|(d, _)| d == b"version one"), "{held:?}");
+    assert_eq!(tm(&s, "verify", &[]).code(), 0);
+}
+
+/// Defect 4: a file `verify` marked damaged is not silently left out of the tree: `ls` shows it
+/// damaged and `restore --to-dir` calls it corrupt (exit 1).
+#[test]
+fn a_damaged_current_file_is_corrupt_not_absent() {
+    let b = Bucket::new(Kind::Moto, "tm-damaged");
+    enable_versioning(&b);
+    b.put("a+b", b"bytes of a+b");
+    b.put("other", b"fine");
+    let s = Scratch::new();
+    assert_eq!(versioned_backup(&b, &s, &[]).code(), 0);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(s.dest.join("a+b"))
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"XX").unwrap();
+    assert_eq!(tm(&s, "verify", &[]).code(), 1);
+    next_second();
+    let now = rfc3339(SystemTime::now());
+    let ls = tm(&s, "ls", &["--as-of", &now]).json();
+    let keys = ls["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 2, "{ls}");
+    assert_eq!(keys[0]["damaged"], true, "{ls}");
+    let dir = s.root.path().join("out");
+    let r = tm(
+        &s,
+        "restore",
+        &["--as-of", &now, "--to-dir", dir.to_str().unwrap()],
+    );
+    assert_eq!(r.code(), 1, "{}", r.stdout());
+    assert_eq!(r.json()["corrupt"][0], "a+b");
+}
+
+/// Defect 6: once `--keep-days` may have pruned versions, an instant before its horizon is refused by
+/// name rather than answered with a partial tree.
+#[test]
+fn an_instant_before_the_keep_days_horizon_is_refused() {
+    let b = Bucket::new(Kind::Moto, "tm-horizon");
+    enable_versioning(&b);
+    b.put("k", b"v");
+    let s = Scratch::new();
+    assert_eq!(versioned_backup(&b, &s, &["--keep-days", "1"]).code(), 0);
+    // A version that was current long ago, as a catalog that kept one would hold it (moto cannot date
+    // an object back).
+    let dest = s.dest.canonicalize().unwrap();
+    let catalog =
+        s3backup::catalog::Catalog::open(&s3backup::lock::dest_state_dir(&s.state, &dest)).unwrap();
+    let long_ago = SystemTime::now() - Duration::from_secs(10 * 86_400);
+    catalog
+        .record_held(&[s3backup::catalog::Held {
+            file: "20200101T000000Z/old".into(),
+            key: "old".into(),
+            version_id: Some("v-old".into()),
+            size: 1,
+            last_modified: Some(long_ago),
+            until: long_ago + Duration::from_secs(86_400),
+            exact: true,
+            etag: None,
+            crc64nvme: None,
+            followed_by: None,
+        }])
+        .unwrap();
+    drop(catalog);
+    let two_days_ago = SystemTime::now() - Duration::from_secs(2 * 86_400);
+    let r = tm(&s, "ls", &["--as-of", &rfc3339(two_days_ago)]);
+    assert_eq!(r.code(), 2);
+    let e = r.json()["error"].as_str().unwrap().to_owned();
+    assert!(e.contains("--keep-days"), "{e}");
+    let r = tm(&s, "ls", &["--as-of", &rfc3339(SystemTime::now())]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+}
+
+/// Defect 7: a local file the bucket never held is kept when an object arrives under its name, but the
+/// time machine does not call it a version.
+#[test]
+fn a_local_file_is_no_version() {
+    let b = Bucket::new(Kind::Moto, "tm-local");
+    enable_versioning(&b);
+    b.put("seed", b"s");
+    let s = Scratch::new();
+    assert_eq!(versioned_backup(&b, &s, &[]).code(), 0);
+    std::fs::write(s.dest.join("new.txt"), b"local junk").unwrap();
+    b.put("new.txt", b"from the bucket");
+    assert_eq!(versioned_backup(&b, &s, &[]).code(), 0);
+    let v = tm(&s, "versions", &["new.txt"]).json();
+    let versions = v["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 1, "only the bucket's version: {v}");
+    assert_eq!(
+        std::fs::read(versions[0]["path"].as_str().unwrap()).unwrap(),
+        b"from the bucket"
+    );
+}
+
+/// Defect 8: `versions` puts a key's entries of one second in their order: the delete marker that is
+/// the newest entry first, current until now; every interval ends where the next began.
+#[test]
+fn versions_of_one_second_print_in_order() {
+    let b = Bucket::new(Kind::Moto, "tm-order");
+    enable_versioning(&b);
+    let key = in_one_second(&b, "k", &[b"v0", b"v1", b"v2", b"v3"], true);
+    let s = Scratch::new();
+    assert_eq!(versioned_backup(&b, &s, &[]).code(), 0);
+    let v = tm(&s, "versions", &[&key]).json();
+    let versions = v["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 5, "{v}");
+    assert_eq!(versions[0]["delete_marker"], true, "{v}");
+    assert!(versions[0]["current_until"].is_null(), "{v}");
+    let bodies: Vec<Vec<u8>> = versions[1..]
+        .iter()
+        .map(|x| std::fs::read(x["path"].as_str().unwrap()).unwrap())
+        .collect();
+    assert_eq!(
+        bodies,
+        vec![
+            b"v3".to_vec(),
+            b"v2".to_vec(),
+            b"v1".to_vec(),
+            b"v0".to_vec()
+        ],
+        "{v}"
+    );
+}

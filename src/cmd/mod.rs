@@ -116,13 +116,20 @@ impl TimeMachine {
             return Err(format!("--as-of {text}: in the future"));
         }
         let t = t.min(now);
-        match self.catalog.oldest().map_err(|e| e.to_string())? {
-            Some(oldest) if t < oldest => Err(format!(
+        let oldest = self.catalog.oldest().map_err(|e| e.to_string())?;
+        let horizon = self.catalog.horizon().map_err(|e| e.to_string())?;
+        match (oldest, horizon) {
+            (None, _) => Err(format!("--as-of {text}: the backup holds no version yet")),
+            // Pruning reached past the oldest version held: what came before is incomplete.
+            (Some(oldest), Some(h)) if t < h && h > oldest => Err(format!(
+                "--as-of {text}: before {}, since when the backup keeps every version (--keep-days pruned older ones)",
+                crate::instant::rfc3339(h)
+            )),
+            (Some(oldest), _) if t < oldest => Err(format!(
                 "--as-of {text}: before the oldest version the backup holds ({})",
                 crate::instant::rfc3339(oldest)
             )),
-            None => Err(format!("--as-of {text}: the backup holds no version yet")),
-            Some(_) => Ok(t),
+            _ => Ok(t),
         }
     }
 

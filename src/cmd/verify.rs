@@ -39,7 +39,16 @@ pub fn run(args: VerifyArgs) -> ExitCode {
         Err(e @ lock::LockError::Held { .. }) => return fail(json, Exit::Locked, &e.to_string()),
         Err(e) => return fail(json, Exit::Config, &e.to_string()),
     };
-    let outcome = scrub::verify(&catalog, &d.dest, args.prefix.as_deref().unwrap_or(""));
+    let prefix = args.prefix.as_deref().unwrap_or("");
+    let history = std::fs::read(dir.join(crate::backup::HISTORY_DIR_FILE))
+        .ok()
+        .map(|b| std::path::PathBuf::from(String::from_utf8_lossy(&b).into_owned()));
+    let outcome = scrub::verify(&catalog, &d.dest, prefix).and_then(|mut r| {
+        if let Some(h) = &history {
+            scrub::verify_history(&catalog, h, prefix, &mut r)?;
+        }
+        Ok(r)
+    });
     if !guard.previous_run_interrupted {
         let _ = guard.finish();
     }

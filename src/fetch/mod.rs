@@ -209,6 +209,8 @@ pub struct HeldPlace {
     /// Its path relative to the history folder (`<folder>/<key>`), as the catalog names it.
     pub file: String,
     pub until: SystemTime,
+    /// The VersionId of the entry that followed it.
+    pub followed_by: Option<String>,
 }
 
 impl Target {
@@ -491,6 +493,7 @@ impl Fetcher {
                 exact: true,
                 etag: obj.etag.clone(),
                 crc64nvme: Some(crc64),
+                followed_by: place.followed_by.clone(),
             }),
             None => Row::Current(Entry {
                 key: obj.key.clone(),

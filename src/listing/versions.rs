@@ -29,8 +29,8 @@ pub struct VersionsPage {
     pub current: Vec<ObjectInfo>,
     /// Noncurrent versions, each with the instant it stopped being current.
     pub older: Vec<Listed>,
-    /// Delete markers: key, VersionId, LastModified.
-    pub markers: Vec<(String, String, SystemTime)>,
+    /// Delete markers: key, VersionId, LastModified, and the VersionId of the entry that followed it.
+    pub markers: Vec<(String, String, SystemTime, Option<String>)>,
 }
 
 /// What `GetBucketVersioning` says.
@@ -119,7 +119,7 @@ pub fn spawn(
         let mut vid_marker: Option<String> = None;
         // The newest entry so far of the key that the last page ended in: what its next one was
         // followed by.
-        let mut carry: Option<(String, SystemTime)> = None;
+        let mut carry: Option<Newer> = None;
         loop {
             let raw = RawBody::default();
             let out = client
@@ -209,7 +209,7 @@ fn split_page(
     out: &aws_sdk_s3::operation::list_object_versions::ListObjectVersionsOutput,
     url: bool,
     raw: Option<&[(String, String)]>,
-    carry: &mut Option<(String, SystemTime)>,
+    carry: &mut Option<Newer>,
 ) -> Result<VersionsPage, ListError> {
     let key_of = |raw_key: &str| -> Result<String, ListError> {
         if url {
@@ -291,15 +291,18 @@ fn order(mut entries: Vec<Entry>) -> Vec<Entry> {
 
 /// Give each noncurrent entry the instant it stopped being current: the LastModified of the entry
 /// before it (newer), on this page or, for the first of a key continued from the last page, `carry`.
-fn assemble(entries: Vec<Entry>, carry: &mut Option<(String, SystemTime)>) -> VersionsPage {
+/// The newest entry so far of a key: its key, LastModified and VersionId.
+type Newer = (String, SystemTime, String);
+
+fn assemble(entries: Vec<Entry>, carry: &mut Option<Newer>) -> VersionsPage {
     let mut page = VersionsPage::default();
-    let mut newer: Option<(String, SystemTime)> = carry.take();
+    let mut newer: Option<Newer> = carry.take();
     for e in entries {
-        let followed_by = match &newer {
-            Some((k, t)) if *k == e.key && !e.latest => Some(*t),
-            _ => None,
+        let (followed_at, followed_by) = match &newer {
+            Some((k, t, id)) if *k == e.key && !e.latest => (Some(*t), Some(id.clone())),
+            _ => (None, None),
         };
-        match (e.version, followed_by) {
+        match (e.version, followed_at) {
             (Some(obj), None) if e.latest => page.current.push(obj),
             (Some(obj), until) => page.older.push(Listed {
                 key: e.key.clone(),
@@ -311,12 +314,16 @@ fn assemble(entries: Vec<Entry>, carry: &mut Option<(String, SystemTime)>) -> Ve
                 until: until.unwrap_or(e.last_modified).max(e.last_modified),
                 etag: obj.etag,
                 checksum_type: obj.checksum_type,
+                followed_by,
             }),
-            (None, _) => page
-                .markers
-                .push((e.key.clone(), e.version_id.clone(), e.last_modified)),
+            (None, _) => page.markers.push((
+                e.key.clone(),
+                e.version_id.clone(),
+                e.last_modified,
+                followed_by,
+            )),
         }
-        newer = Some((e.key, e.last_modified));
+        newer = Some((e.key, e.last_modified, e.version_id));
     }
     *carry = newer;
     page
@@ -421,7 +428,11 @@ mod tests {
             .collect();
         assert_eq!(until["v2"], at(5), "v2 was followed by the marker");
         assert_eq!(until["v1"], at(5));
-        assert_eq!(page.markers, vec![("k".into(), "dm".into(), at(5))]);
+        assert_eq!(
+            page.markers,
+            vec![("k".into(), "dm".into(), at(5), Some("v3".into()))]
+        );
+        assert_eq!(page.older[0].followed_by.as_deref(), Some("dm"));
         // The other way round: the version newer than the marker, so it was current from 5 to 9.
         let entries = vec![
             entry("k", "v3", 9, true, 0, false),
