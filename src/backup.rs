@@ -695,6 +695,11 @@ async fn keep_versions(
         }
     }
     pass.drain(stop, pb).await;
+    match catalog.drop_superseded_damage() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("{n} damaged versions in history were fetched again intact"),
+        Err(e) => tracing::warn!("{e}: damaged versions fetched again stay marked"),
+    }
 }
 
 /// Step 5: remove the history folders older than `--keep-days` (a dry run counts them), and forget
@@ -760,7 +765,13 @@ fn record(
             tracing::warn!(key = ?key, "failed: {error}");
             report.failed.push(Failed { key, error });
         }
-        Ok((key, _, Err(Unfetched::Archived { restore_requested }))) => {
+        Ok((key, version, Err(Unfetched::Archived { restore_requested }))) => {
+            // An archived noncurrent version is named as one: the current object may be backed up.
+            let key = if version {
+                format!("{key} (a noncurrent version)")
+            } else {
+                key
+            };
             tracing::debug!(key = ?key, restore_requested, "archived: not restored, not backed up");
             report.restore_requested += u64::from(restore_requested);
             report.archived.push(key);

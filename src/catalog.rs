@@ -47,7 +47,8 @@ const HISTORY_TABLES: &str = "
         exact INTEGER NOT NULL,
         etag TEXT,
         crc64nvme INTEGER,
-        followed_by TEXT
+        followed_by TEXT,
+        damaged INTEGER NOT NULL DEFAULT 0
     ) WITHOUT ROWID;
     CREATE INDEX IF NOT EXISTS held_by_key ON held (key, until_ns);
     CREATE TABLE IF NOT EXISTS markers (
@@ -114,6 +115,9 @@ pub struct Held {
     /// The VersionId of the entry (version or delete marker) that followed it, when a versioned
     /// listing said: what orders versions of one second.
     pub followed_by: Option<String>,
+    /// `verify` found its file missing or not as written: no version (restore calls it corrupt), and a
+    /// versioned run fetches it again. Cleared when a verify finds it intact.
+    pub damaged: bool,
 }
 
 /// A noncurrent version or delete marker the versioned listing returned (`note_versions`).
@@ -486,8 +490,8 @@ impl Catalog {
                 .prepare_cached(
                     "INSERT OR REPLACE INTO held
                      (file, key, version_id, size, last_modified_ns, until_ns, exact, etag, crc64nvme,
-                      followed_by)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                      followed_by, damaged)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 )
                 .map_err(|e| self.err(e))?;
             for h in rows {
@@ -502,6 +506,7 @@ impl Catalog {
                     h.etag,
                     h.crc64nvme.map(|c| c as i64),
                     h.followed_by,
+                    h.damaged,
                 ])
                 .map_err(|e| self.err(e))?;
             }
@@ -541,35 +546,57 @@ impl Catalog {
         let mut stmt = conn
             .prepare_cached(
                 "SELECT file, key, version_id, size, last_modified_ns, until_ns, exact, etag, crc64nvme,
-                        followed_by
+                        followed_by, damaged
                  FROM held WHERE file > ?2 AND substr(key, 1, length(?1)) = ?1
                  ORDER BY file LIMIT ?3",
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map(params![prefix, after, limit], |r| {
-                Ok(Held {
-                    file: r.get(0)?,
-                    key: r.get(1)?,
-                    version_id: r.get(2)?,
-                    size: r.get::<_, i64>(3)? as u64,
-                    last_modified: r.get::<_, Option<i64>>(4)?.map(from_unix_nanos),
-                    until: from_unix_nanos(r.get(5)?),
-                    exact: r.get(6)?,
-                    etag: r.get(7)?,
-                    crc64nvme: r.get::<_, Option<i64>>(8)?.map(|c| c as u64),
-                    followed_by: r.get(9)?,
-                })
-            })
+            .query_map(params![prefix, after, limit], held_from_row)
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
-    /// Forget one held version (its file is gone or damaged): a versioned run fetches it again while
-    /// the bucket holds it.
-    pub fn forget_held_file(&self, file: &str) -> Result<(), CatalogError> {
+    /// The held version whose file is `file` (relative to the history folder).
+    pub fn held_by_file(&self, file: &str) -> Result<Option<Held>, CatalogError> {
+        if !self.has_history {
+            return Ok(None);
+        }
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT file, key, version_id, size, last_modified_ns, until_ns, exact, etag, crc64nvme,
+                        followed_by, damaged
+                 FROM held WHERE file = ?1",
+            )
+            .map_err(|e| self.err(e))?;
+        stmt.query_row([file], held_from_row)
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Forget the damaged copies of versions held again intact (a versioned run fetched them anew);
+    /// their files stay where they are, no version of anything. Returns how many.
+    pub fn drop_superseded_damage(&self) -> Result<u64, CatalogError> {
         self.lock()
-            .execute("DELETE FROM held WHERE file = ?1", [file])
+            .execute(
+                "DELETE FROM held WHERE damaged = 1 AND EXISTS (
+                     SELECT 1 FROM held h2 WHERE h2.key = held.key
+                       AND h2.version_id = held.version_id AND h2.damaged = 0)",
+                [],
+            )
+            .map(|n| n as u64)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Mark a held version damaged (or intact again): a damaged one is no version to `as_of` (restore
+    /// calls it corrupt), and a versioned run fetches it again while the bucket holds it.
+    pub fn set_held_damaged(&self, file: &str, damaged: bool) -> Result<(), CatalogError> {
+        self.lock()
+            .execute(
+                "UPDATE held SET damaged = ?2 WHERE file = ?1 AND damaged <> ?2",
+                params![file, damaged],
+            )
             .map(|_| ())
             .map_err(|e| self.err(e))
     }
@@ -701,7 +728,8 @@ impl Catalog {
                  FROM temp.pending p
                  WHERE (p.key, p.version_id) > (?1, ?2)
                    AND NOT EXISTS (SELECT 1 FROM held h
-                                   WHERE h.key = p.key AND h.version_id = p.version_id)
+                                   WHERE h.key = p.key AND h.version_id = p.version_id
+                                     AND h.damaged = 0)
                    AND NOT EXISTS (SELECT 1 FROM files f
                                    WHERE f.key = p.key AND f.version_id = p.version_id)
                  ORDER BY p.key, p.version_id LIMIT ?3",
@@ -745,7 +773,7 @@ impl Catalog {
         let held = if self.has_history {
             "UNION ALL
              SELECT key, version_id, size, etag, crc64nvme, last_modified_ns, until_ns, exact,
-                    'history', file, 0, followed_by
+                    'history', file, damaged, followed_by
              FROM held
              WHERE key > ?3 AND substr(key, 1, length(?2)) = ?2
                AND (last_modified_ns IS NULL OR last_modified_ns <= ?1) AND until_ns > ?1"
@@ -759,20 +787,33 @@ impl Catalog {
         };
         // A read-only catalog of an older schema may lack the column (it is then read as undamaged).
         let dmg = if self.has_history { "damaged" } else { "0" };
+        // A file still in `--dest` whose key the bucket has since deleted (the move to history was
+        // held back by --max-delete, or is yet to come): its latest delete marker ends it.
+        let ended = if self.has_history {
+            "(SELECT min(m.at_ns) FROM markers m
+              WHERE m.key = files.key AND m.followed_by IS NULL
+                AND m.at_ns >= coalesce(files.last_modified_ns, 0))"
+        } else {
+            "NULL"
+        };
         let sql = format!(
             "SELECT key, version_id, size, etag, crc64nvme, from_ns, until_ns, exact, place, file,
                     damaged, followed_by
              FROM (
                SELECT *, row_number() OVER (
                           PARTITION BY key ORDER BY coalesce(from_ns, -1) DESC,
-                                                    until_ns IS NULL DESC, until_ns DESC) AS rn
+                                                    until_ns IS NULL DESC, until_ns DESC,
+                                                    damaged ASC) AS rn
                FROM (
-                 SELECT key, {vid} AS version_id, size, etag, crc64nvme,
-                        last_modified_ns AS from_ns, NULL AS until_ns, {vid} IS NOT NULL AS exact,
-                        'dest' AS place, key AS file, {dmg} AS damaged, NULL AS followed_by
-                 FROM files
-                 WHERE key > ?3 AND substr(key, 1, length(?2)) = ?2
-                   AND (last_modified_ns IS NULL OR last_modified_ns <= ?1)
+                 SELECT * FROM (
+                   SELECT key, {vid} AS version_id, size, etag, crc64nvme,
+                          last_modified_ns AS from_ns, {ended} AS until_ns,
+                          {vid} IS NOT NULL AS exact, 'dest' AS place, key AS file,
+                          {dmg} AS damaged, NULL AS followed_by
+                   FROM files
+                   WHERE key > ?3 AND substr(key, 1, length(?2)) = ?2
+                     AND (last_modified_ns IS NULL OR last_modified_ns <= ?1))
+                 WHERE until_ns IS NULL OR until_ns > ?1
                  {held}))
              WHERE rn = 1 ORDER BY key LIMIT ?4"
         );
@@ -810,7 +851,7 @@ impl Catalog {
             sql.push_str(
                 " UNION ALL
                  SELECT key, version_id, size, etag, crc64nvme, last_modified_ns, until_ns, exact,
-                        'history', file, 0, followed_by FROM held WHERE key = ?1
+                        'history', file, damaged, followed_by FROM held WHERE key = ?1
                  UNION ALL
                  SELECT key, version_id, 0, NULL, NULL, at_ns, NULL, 1, 'marker', NULL, 0,
                         followed_by
@@ -823,6 +864,17 @@ impl Catalog {
             .query_map([key], instant_from_row)
             .map_err(|e| self.err(e))?;
         let mut out: Vec<AtInstant> = rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?;
+        // A file still in `--dest` after its key was deleted: the latest marker ends it.
+        let latest_marker = out
+            .iter()
+            .filter(|r| r.delete_marker && r.followed_by.is_none())
+            .filter_map(|r| r.current_from)
+            .max();
+        for r in out.iter_mut().filter(|r| r.place == "dest") {
+            if latest_marker.is_some_and(|m| Some(m) >= r.current_from) {
+                r.current_until = latest_marker;
+            }
+        }
         // The listing said what followed each entry: a marker was current until that entry began
         // (none followed it: the key is deleted now). Without that (history from before), until the
         // first version that began at or after it and was still current after it.
@@ -953,6 +1005,22 @@ const PENDING_TABLE: &str = "CREATE TEMP TABLE IF NOT EXISTS pending (
     followed_by TEXT,
     PRIMARY KEY (key, version_id)
 ) WITHOUT ROWID";
+
+fn held_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Held> {
+    Ok(Held {
+        file: r.get(0)?,
+        key: r.get(1)?,
+        version_id: r.get(2)?,
+        size: r.get::<_, i64>(3)? as u64,
+        last_modified: r.get::<_, Option<i64>>(4)?.map(from_unix_nanos),
+        until: from_unix_nanos(r.get(5)?),
+        exact: r.get(6)?,
+        etag: r.get(7)?,
+        crc64nvme: r.get::<_, Option<i64>>(8)?.map(|c| c as u64),
+        followed_by: r.get(9)?,
+        damaged: r.get(10)?,
+    })
+}
 
 fn instant_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AtInstant> {
     let place: String = r.get(8)?;

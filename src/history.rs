@@ -321,6 +321,7 @@ impl History {
             etag: row.and_then(|r| r.etag.clone()),
             crc64nvme: row.and_then(|r| r.crc64nvme),
             followed_by: None,
+            damaged: false,
         })
     }
 
@@ -342,10 +343,20 @@ impl History {
                 n => format!("{base}-{n}"),
             };
             let file = format!("{folder}/{key}");
-            if claimed.contains(&file)
-                || fs::symlink_metadata(self.root.join(&file)).is_ok()
-                || taken(&file)
-            {
+            // Taken also where a key and a key under it as a folder (`a`, `a/b`) meet in one folder:
+            // a file on the way, or a folder at the path, on disk or claimed by this run.
+            let blocked = claimed.iter().any(|c| {
+                c == &file
+                    || file.starts_with(&format!("{c}/"))
+                    || c.starts_with(&format!("{file}/"))
+            }) || fs::symlink_metadata(self.root.join(&file)).is_ok()
+                || Path::new(&file)
+                    .ancestors()
+                    .skip(1)
+                    .filter(|a| !a.as_os_str().is_empty())
+                    .any(|a| fs::symlink_metadata(self.root.join(a)).is_ok_and(|m| !m.is_dir()))
+                || taken(&file);
+            if blocked {
                 continue;
             }
             claimed.insert(file.clone());
@@ -475,6 +486,7 @@ pub fn adoptable(root: &Path) -> io::Result<Vec<Held>> {
                 etag: None,
                 crc64nvme: None,
                 followed_by: None,
+                damaged: false,
             });
         }
     }

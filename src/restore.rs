@@ -41,8 +41,13 @@ pub enum Source {
         dest: PathBuf,
         prefix: String,
     },
-    /// Every file of one history run folder: the versions that run moved aside.
-    History { run_dir: PathBuf, prefix: String },
+    /// Every file of one history run folder: the versions that run moved aside, each checked against
+    /// the catalog's row for it when there is one.
+    History {
+        run_dir: PathBuf,
+        prefix: String,
+        catalog: Option<Catalog>,
+    },
     /// The version of each key that was current at an instant (`Catalog::as_of`), wherever it is held.
     AsOf(AsOf),
 }
@@ -252,7 +257,16 @@ pub async fn restore(client: &Client, source: &Source, settings: &Settings) -> R
     };
     let mut after = String::new();
     let mut history_items = match source {
-        Source::History { run_dir, prefix } => Some(history_items(run_dir, prefix, &mut report)),
+        Source::History {
+            run_dir,
+            prefix,
+            catalog,
+        } => Some(history_items(
+            run_dir,
+            prefix,
+            catalog.as_ref(),
+            &mut report,
+        )),
         Source::AsOf(a) => {
             match newer_than(client, &settings.bucket, a).await {
                 Ok(n) => report.newer_than_as_of = Some(n),
@@ -555,7 +569,17 @@ fn write_one(
 }
 
 /// The files of a history run folder, keys from their relative paths, in key order.
-fn history_items(run_dir: &Path, prefix: &str, report: &mut RestoreReport) -> Vec<Item> {
+fn history_items(
+    run_dir: &Path,
+    prefix: &str,
+    catalog: Option<&Catalog>,
+    report: &mut RestoreReport,
+) -> Vec<Item> {
+    let folder = run_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_owned();
     let mut items = Vec::new();
     for e in walkdir::WalkDir::new(run_dir)
         .min_depth(1)
@@ -590,12 +614,26 @@ fn history_items(run_dir: &Path, prefix: &str, report: &mut RestoreReport) -> Ve
             continue;
         }
         match rel.to_str() {
-            Some(key) if key.starts_with(prefix) => items.push(Item {
-                key: key.to_owned(),
-                path: Some(e.path().to_path_buf()),
-                row: None,
-                root: run_dir.to_path_buf(),
-            }),
+            Some(key) if key.starts_with(prefix) => {
+                // The catalog's row for the version, to vouch for its bytes; a file with none (moved
+                // there before the catalog indexed history, or a user's own) goes up unverified.
+                let held =
+                    catalog.and_then(|c| c.held_by_file(&format!("{folder}/{key}")).ok().flatten());
+                items.push(Item {
+                    key: key.to_owned(),
+                    path: Some(e.path().to_path_buf()),
+                    row: held.map(|h| Entry {
+                        key: h.key,
+                        size: h.size,
+                        last_modified: h.last_modified,
+                        etag: h.etag,
+                        crc64nvme: h.crc64nvme,
+                        damaged: h.damaged,
+                        version_id: h.version_id,
+                    }),
+                    root: run_dir.to_path_buf(),
+                })
+            }
             Some(_) => {}
             None => report.failed.push(Failed {
                 key: rel.to_string_lossy().into_owned(),
@@ -732,7 +770,8 @@ fn vouch(row: &Entry, meta: &std::fs::Metadata, d: &Digests) -> Option<bool> {
 
 async fn restore_one(client: &Client, item: &Item, s: &Settings) -> Result<Outcome, String> {
     let key = &item.key;
-    let mut checked = true;
+    // A file with no row to vouch for it goes up unverified.
+    let mut checked = item.row.is_some();
     let digests = match &item.path {
         Some(path) => {
             let (p, root, part) = (path.clone(), item.root.clone(), s.part_size);

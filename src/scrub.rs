@@ -34,8 +34,8 @@ pub struct VerifyReport {
     /// Versions held in history checked (with `--versions` or a history folder).
     pub history_checked: u64,
     /// Version files in history that are missing or not what was written (named relative to the
-    /// history folder): forgotten by the catalog, so a `--versions` run fetches them again while the
-    /// bucket holds them; the damaged file itself is left where it is.
+    /// history folder): marked damaged, so restore calls them corrupt and a `--versions` run fetches
+    /// them again while the bucket holds them; the damaged file itself is left where it is.
     pub history_damaged: Vec<String>,
     pub bytes_read: u64,
     pub elapsed_seconds: f64,
@@ -177,13 +177,26 @@ pub fn verify(catalog: &Catalog, dest: &Path, prefix: &str) -> Result<VerifyRepo
 }
 
 /// Check every version history holds (under `prefix`) against its file under `history`: a regular
-/// file reached through real folders, of the size, mtime and (when recorded) CRC64NVME written.
+/// file reached through real folders, of the size and CRC64NVME written (without a CRC, of the size
+/// and mtime written: a touched mtime alone does not make a file with a checksum any less the version).
+/// A damaged one is marked, not forgotten (restore calls it corrupt; a versioned run fetches it again),
+/// and the mark goes when a verify finds it intact. A history folder that is missing or no folder is
+/// one error before anything is marked: an unmounted volume is no damage to every version.
 pub fn verify_history(
     catalog: &Catalog,
     history: &Path,
     prefix: &str,
     report: &mut VerifyReport,
 ) -> Result<(), String> {
+    if !fs::metadata(history).is_ok_and(|m| m.is_dir()) {
+        if catalog.held_count().map_err(|e| e.to_string())? == 0 {
+            return Ok(());
+        }
+        return Err(format!(
+            "history folder {}: missing or not a folder (not mounted?); its versions were not checked",
+            history.display()
+        ));
+    }
     let mut buf = vec![0u8; READ_BUF];
     let mut after = String::new();
     loop {
@@ -195,12 +208,11 @@ pub fn verify_history(
         for h in rows {
             report.history_checked += 1;
             let path = history.join(&h.file);
+            let meta = fs::symlink_metadata(&path).ok();
             let intact = crate::plan::under_real_dirs(history, &path)
-                && fs::symlink_metadata(&path).is_ok_and(|m| {
-                    m.is_file()
-                        && m.len() == h.size
-                        && (h.last_modified.is_none() || m.modified().ok() == h.last_modified)
-                })
+                && meta
+                    .as_ref()
+                    .is_some_and(|m| m.is_file() && m.len() == h.size)
                 && match h.crc64nvme {
                     Some(want) => File::open(&path)
                         .and_then(|f| crate::verify::crc64_of_reader(f, &mut buf))
@@ -209,12 +221,17 @@ pub fn verify_history(
                             got == want && len == h.size
                         })
                         .unwrap_or(false),
-                    None => true,
+                    None => {
+                        h.last_modified.is_none()
+                            || meta.and_then(|m| m.modified().ok()) == h.last_modified
+                    }
                 };
-            if !intact {
+            if intact == h.damaged {
                 catalog
-                    .forget_held_file(&h.file)
+                    .set_held_damaged(&h.file, !intact)
                     .map_err(|e| e.to_string())?;
+            }
+            if !intact {
                 report.history_damaged.push(h.file);
             }
         }

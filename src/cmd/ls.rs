@@ -48,11 +48,16 @@ pub fn run(args: LsArgs) -> ExitCode {
             } else {
                 let _ = writeln!(
                     out,
-                    "{}  {:>12}  {}  {}",
+                    "{}  {:>12}  {}  {}{}",
                     r.current_from.map_or_else(|| "-".repeat(20), rfc3339),
                     r.size,
                     r.key,
-                    path.unwrap_or_default()
+                    path.unwrap_or_default(),
+                    if r.damaged {
+                        "  (damaged: `verify` found it not as written)"
+                    } else {
+                        ""
+                    }
                 );
             }
             n += 1;

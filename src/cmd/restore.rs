@@ -107,7 +107,11 @@ fn prepare_restore(
                     run_dir.display()
                 ));
             }
-            restore::Source::History { run_dir, prefix }
+            restore::Source::History {
+                run_dir,
+                prefix,
+                catalog: catalog::Catalog::open_read_only(&state).ok().flatten(),
+            }
         }
         None => match catalog::Catalog::open_read_only(&state) {
             Ok(Some(catalog)) => restore::Source::Catalog {

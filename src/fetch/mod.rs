@@ -494,6 +494,7 @@ impl Fetcher {
                 etag: obj.etag.clone(),
                 crc64nvme: Some(crc64),
                 followed_by: place.followed_by.clone(),
+                damaged: false,
             }),
             None => Row::Current(Entry {
                 key: obj.key.clone(),
