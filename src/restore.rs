@@ -178,17 +178,12 @@ impl RestoreReport {
                 "\nconflict {k:?}: the bucket holds other bytes under this key (--overwrite replaces them)"
             ));
         }
-        for k in self.corrupt.iter().take(limit) {
-            s.push_str(&format!(
-                "\ncorrupt {k:?}: the file is not what the backup wrote (not uploaded; `verify` tells more)"
-            ));
-        }
-        for r in self.refused.iter().take(limit) {
-            s.push_str(&format!("\nrefused {:?}: {}", r.key, r.reason));
-        }
-        for f in self.failed.iter().take(limit) {
-            s.push_str(&format!("\nfailed {:?}: {}", f.key, f.error));
-        }
+        problems(
+            &mut s,
+            "not uploaded",
+            (&self.corrupt, &self.refused, &self.failed),
+            limit,
+        );
         let hidden = [
             self.conflicts.len(),
             self.corrupt.len(),
@@ -208,6 +203,26 @@ impl RestoreReport {
             ));
         }
         s
+    }
+}
+
+/// The first `limit` corrupt, refused and failed keys of a restore, a line each.
+fn problems(
+    s: &mut String,
+    not_done: &str,
+    (corrupt, refused, failed): (&[String], &[Refused], &[Failed]),
+    limit: usize,
+) {
+    for k in corrupt.iter().take(limit) {
+        s.push_str(&format!(
+            "\ncorrupt {k:?}: the file is not what the backup wrote ({not_done}; `verify` tells more)"
+        ));
+    }
+    for r in refused.iter().take(limit) {
+        s.push_str(&format!("\nrefused {:?}: {}", r.key, r.reason));
+    }
+    for f in failed.iter().take(limit) {
+        s.push_str(&format!("\nfailed {:?}: {}", f.key, f.error));
     }
 }
 
@@ -411,17 +426,12 @@ impl ToDirReport {
             self.failed.len(),
             self.elapsed_seconds
         );
-        for k in self.corrupt.iter().take(limit) {
-            s.push_str(&format!(
-                "\ncorrupt {k:?}: the file is not what the backup wrote (not written; `verify` tells more)"
-            ));
-        }
-        for r in self.refused.iter().take(limit) {
-            s.push_str(&format!("\nrefused {:?}: {}", r.key, r.reason));
-        }
-        for f in self.failed.iter().take(limit) {
-            s.push_str(&format!("\nfailed {:?}: {}", f.key, f.error));
-        }
+        problems(
+            &mut s,
+            "not written",
+            (&self.corrupt, &self.refused, &self.failed),
+            limit,
+        );
         s
     }
 }

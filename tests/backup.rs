@@ -1850,56 +1850,12 @@ fn verify_records_a_checksum_for_adopted_files() {
     assert_eq!(r.json()["corrupt"], serde_json::json!(["a.jpg"]));
 }
 
-fn restore_run(s: &Scratch, into: &Bucket, extra: &[&str]) -> Run {
-    let mut cmd = command(s);
-    cmd.arg("restore")
-        .arg("--dest")
-        .arg(&s.dest)
-        .arg("--state-dir")
-        .arg(&s.state);
-    cmd.args([
-        "--bucket",
-        &into.name,
-        "--endpoint-url",
-        &into.endpoint,
-        "--json",
-    ]);
-    cmd.args(extra);
-    Run {
-        output: cmd.output().expect("run s3backup restore"),
-    }
-}
-
 /// Issue 15: a backup of hostile keys restored into an empty bucket recreates the same keys, byte for
 /// byte (folder markers included); refused keys stay refused; a second restore finds all identical.
 #[test]
 fn restore_round_trips_hostile_keys_into_an_empty_bucket() {
     let b = Bucket::new(Kind::Moto, "restore-src");
-    let keys = [
-        "with space.jpg",
-        "plus+and&eq=q?hash#pct%25'quote\"back\\slash.jpg",
-        "ünïcödé/日本語/😀.png",
-        "ctrl\u{1}\u{1f}\ttab.jpg",
-        "Case.JPG",
-        "case.jpg",
-        "caf\u{e9}.jpg",
-        "cafe\u{301}.jpg",
-        &"n".repeat(255),
-        "folder/",
-        "folder/inside.jpg",
-    ];
-    let objs: BTreeMap<String, Vec<u8>> = keys
-        .iter()
-        .enumerate()
-        .map(|(i, k)| {
-            let body = if k.ends_with('/') {
-                vec![]
-            } else {
-                bytes(i as u64, 10 + i)
-            };
-            (k.to_string(), body)
-        })
-        .collect();
+    let objs = hostile_objects(true);
     for (k, v) in &objs {
         b.put(k, v);
     }

@@ -42,21 +42,6 @@ fn versioned_backup(b: &Bucket, s: &Scratch, extra: &[&str]) -> Run {
     backup(b, s, &args)
 }
 
-/// A time-machine subcommand on the scratch destination.
-fn tm(s: &Scratch, sub: &str, extra: &[&str]) -> Run {
-    let mut cmd = command(s);
-    cmd.arg(sub)
-        .arg("--dest")
-        .arg(&s.dest)
-        .arg("--state-dir")
-        .arg(&s.state)
-        .arg("--json")
-        .args(extra);
-    Run {
-        output: cmd.output().expect("run s3backup"),
-    }
-}
-
 fn rfc3339(t: SystemTime) -> String {
     s3backup::status::timestamp(t)
 }
@@ -93,7 +78,7 @@ fn all_versions(b: &Bucket) -> BTreeMap<(String, String), Vec<u8>> {
 fn held_versions(s: &Scratch, keys: &[&str]) -> BTreeMap<(String, String), (Vec<u8>, String)> {
     let mut out = BTreeMap::new();
     for k in keys {
-        let r = tm(s, "versions", &[k]);
+        let r = sub(s, "versions", &[k]);
         if r.code() != 0 {
             continue;
         }
@@ -118,26 +103,6 @@ fn next_second() {
         .unwrap();
     let left = Duration::from_secs(1) - Duration::from_nanos(u64::from(now.subsec_nanos()));
     std::thread::sleep(left + Duration::from_millis(150));
-}
-
-fn restore_into(s: &Scratch, into: &Bucket, extra: &[&str]) -> Run {
-    let mut cmd = command(s);
-    cmd.arg("restore")
-        .arg("--dest")
-        .arg(&s.dest)
-        .arg("--state-dir")
-        .arg(&s.state)
-        .args([
-            "--bucket",
-            &into.name,
-            "--endpoint-url",
-            &into.endpoint,
-            "--json",
-        ])
-        .args(extra);
-    Run {
-        output: cmd.output().expect("run s3backup restore"),
-    }
 }
 
 /// The issue's proof: a bucket changed between two runs, recorded at six instants; afterwards every
@@ -191,7 +156,7 @@ fn every_version_is_held_and_every_recorded_instant_comes_back() {
     let paths: std::collections::BTreeSet<_> = held.values().map(|(_, p)| p.clone()).collect();
     assert_eq!(paths.len(), held.len(), "one file per version");
     // Intervals: a's first version was current until its second began.
-    let a = tm(&s, "versions", &["a.jpg"]).json();
+    let a = sub(&s, "versions", &["a.jpg"]).json();
     let versions = a["versions"].as_array().unwrap();
     assert_eq!(versions.len(), 4, "three versions and a delete marker: {a}");
     assert_eq!(versions[0]["delete_marker"], true);
@@ -206,7 +171,7 @@ fn every_version_is_held_and_every_recorded_instant_comes_back() {
     // The bucket at each recorded instant.
     for (i, (t, want)) in recorded.iter().enumerate() {
         let at = rfc3339(*t);
-        let ls = tm(&s, "ls", &["--as-of", &at]);
+        let ls = sub(&s, "ls", &["--as-of", &at]);
         assert_eq!(ls.code(), 0, "{}", ls.stderr());
         let listed: BTreeMap<String, u64> = ls.json()["keys"]
             .as_array()
@@ -226,7 +191,7 @@ fn every_version_is_held_and_every_recorded_instant_comes_back() {
         assert_eq!(listed, want_sizes, "ls --as-of T{i} {at}");
 
         let dir = s.root.path().join(format!("tree-{i}"));
-        let r = tm(
+        let r = sub(
             &s,
             "restore",
             &["--as-of", &at, "--to-dir", dir.to_str().unwrap()],
@@ -235,16 +200,16 @@ fn every_version_is_held_and_every_recorded_instant_comes_back() {
         assert_eq!(&tree(&dir), want, "restore --to-dir --as-of T{i}");
 
         let empty = Bucket::new(Kind::Moto, "tm-into");
-        let r = restore_into(&s, &empty, &["--as-of", &at]);
+        let r = restore_run(&s, &empty, &["--as-of", &at]);
         assert_eq!(r.code(), 0, "{} {}", r.stderr(), r.stdout());
         assert_eq!(r.json()["newer_than_as_of"], 0);
         assert_eq!(&bucket_contents(&empty), want, "restore --as-of T{i}");
     }
 
     // Into the bucket itself, as of T1: what exists now and did not then is left alone and counted.
-    let r = restore_into(&s, &b, &["--as-of", &rfc3339(recorded[1].0), "--dry-run"]);
+    let r = restore_run(&s, &b, &["--as-of", &rfc3339(recorded[1].0), "--dry-run"]);
     assert_eq!(r.json()["newer_than_as_of"], 0, "{}", r.stdout());
-    let r = restore_into(&s, &b, &["--as-of", &rfc3339(recorded[4].0), "--dry-run"]);
+    let r = restore_run(&s, &b, &["--as-of", &rfc3339(recorded[4].0), "--dry-run"]);
     assert_eq!(r.json()["identical"], 2, "c and d: {}", r.stdout());
 
     // A no-op versioned run makes no GET of any object.
@@ -274,37 +239,7 @@ fn versions_of_one_second_get_a_file_each_and_the_marker_orders_them() {
     enable_versioning(&b);
     let s = Scratch::new();
     // Put, overwrite and delete within one second (retried if a second boundary fell in between).
-    let mut key = String::new();
-    for attempt in 0..5 {
-        key = format!("same-second-{attempt}.jpg");
-        next_second();
-        b.put(&key, b"first");
-        b.put(&key, b"second");
-        delete(&b, &key);
-        let out = rt()
-            .block_on(
-                b.client
-                    .list_object_versions()
-                    .bucket(&b.name)
-                    .prefix(&key)
-                    .send(),
-            )
-            .unwrap();
-        let mut secs: Vec<_> = out
-            .versions()
-            .iter()
-            .map(|v| v.last_modified().unwrap().secs())
-            .chain(
-                out.delete_markers()
-                    .iter()
-                    .map(|m| m.last_modified().unwrap().secs()),
-            )
-            .collect();
-        secs.dedup();
-        if secs.len() == 1 {
-            break;
-        }
-    }
+    let key = in_one_second(&b, "same-second", &[b"first", b"second"], true);
     let r = versioned_backup(&b, &s, &[]);
     assert_eq!(r.code(), 0, "{}", r.stderr());
     let held = held_versions(&s, &[&key]);
@@ -315,7 +250,7 @@ fn versions_of_one_second_get_a_file_each_and_the_marker_orders_them() {
     assert_eq!(files.len(), 2, "two files: {held:?}");
     // After that second the key is gone: the marker is the newest entry.
     next_second();
-    let ls = tm(&s, "ls", &["--as-of", &rfc3339(SystemTime::now())]);
+    let ls = sub(&s, "ls", &["--as-of", &rfc3339(SystemTime::now())]);
     assert!(
         !ls.stdout().contains(&key),
         "deleted at the end of its second: {}",
@@ -331,7 +266,7 @@ fn versions_of_one_second_get_a_file_each_and_the_marker_orders_them() {
     assert_eq!(r.code(), 0, "{}", r.stderr());
     next_second();
     let dir = s.root.path().join("now");
-    let r = tm(
+    let r = sub(
         &s,
         "restore",
         &[
@@ -414,31 +349,7 @@ fn a_killed_versioned_run_converges_with_no_version_missing() {
 fn hostile_keys_round_trip_through_the_time_machine() {
     let b = Bucket::new(Kind::Moto, "tm-hostile");
     enable_versioning(&b);
-    let keys = [
-        "with space.jpg",
-        "plus+and&eq=q?hash#pct%25'quote\"back\\slash.jpg",
-        "ünïcödé/日本語/😀.png",
-        "ctrl\ttab.jpg",
-        "Case.JPG",
-        "case.jpg",
-        "caf\u{e9}.jpg",
-        "cafe\u{301}.jpg",
-        &"n".repeat(255),
-        "folder/",
-        "folder/inside.jpg",
-    ];
-    let first: BTreeMap<String, Vec<u8>> = keys
-        .iter()
-        .enumerate()
-        .map(|(i, k)| {
-            let body = if k.ends_with('/') {
-                vec![]
-            } else {
-                bytes(i as u64, 10 + i)
-            };
-            (k.to_string(), body)
-        })
-        .collect();
+    let first = hostile_objects(false);
     for (k, v) in &first {
         b.put(k, v);
     }
@@ -456,7 +367,7 @@ fn hostile_keys_round_trip_through_the_time_machine() {
     let r = versioned_backup(&b, &s, &[]);
     assert_eq!(r.code(), 0, "{}", r.stderr());
     let dir = s.root.path().join("then");
-    let r = tm(
+    let r = sub(
         &s,
         "restore",
         &["--as-of", &rfc3339(t), "--to-dir", dir.to_str().unwrap()],
@@ -468,7 +379,7 @@ fn hostile_keys_round_trip_through_the_time_machine() {
     }
     assert!(dir.join("folder").is_dir());
     let empty = Bucket::new(Kind::Moto, "tm-hostile-into");
-    let r = restore_into(&s, &empty, &["--as-of", &rfc3339(t)]);
+    let r = restore_run(&s, &empty, &["--as-of", &rfc3339(t)]);
     assert_eq!(r.code(), 0, "{}", r.stderr());
     assert_eq!(bucket_contents(&empty), first);
 }
@@ -516,7 +427,7 @@ fn the_time_machine_refuses_what_it_cannot_do_in_one_line() {
         ("2999-01-01T00:00:00Z", "in the future"),
         ("yesterday", "RFC 3339"),
     ] {
-        let r = tm(&s, "ls", &["--as-of", t]);
+        let r = sub(&s, "ls", &["--as-of", t]);
         assert_eq!(r.code(), 2, "{t}");
         let e = r.json()["error"].as_str().unwrap().to_owned();
         assert!(e.contains(want) && e.contains("--as-of"), "{t}: {e}");
@@ -525,7 +436,7 @@ fn the_time_machine_refuses_what_it_cannot_do_in_one_line() {
     let dir = s.root.path().join("busy");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("mine.txt"), b"mine").unwrap();
-    let r = tm(
+    let r = sub(
         &s,
         "restore",
         &[
@@ -540,7 +451,7 @@ fn the_time_machine_refuses_what_it_cannot_do_in_one_line() {
     assert_eq!(tree(&dir).len(), 1);
     // A date means its end: today is fine.
     let today = &rfc3339(SystemTime::now())[..10];
-    let r = tm(&s, "ls", &["--as-of", today]);
+    let r = sub(&s, "ls", &["--as-of", today]);
     assert_eq!(r.code(), 0, "{}", r.stderr());
     assert_eq!(r.json()["keys"][0]["key"], "x.jpg");
 }
@@ -574,7 +485,7 @@ fn rot_in_history_is_caught_by_restore_to_dir() {
         .set_modified(mtime)
         .unwrap();
     let dir: PathBuf = s.root.path().join("rot");
-    let r = tm(
+    let r = sub(
         &s,
         "restore",
         &["--as-of", &rfc3339(t), "--to-dir", dir.to_str().unwrap()],
@@ -699,7 +610,7 @@ fn verify_checks_history_and_the_next_run_heals_it() {
         .unwrap()
         .set_modified(mtime)
         .unwrap();
-    let r = tm(&s, "verify", &[]);
+    let r = sub(&s, "verify", &[]);
     assert_eq!(r.code(), 1, "{}", r.stderr());
     assert_eq!(r.json()["history_damaged"].as_array().unwrap().len(), 1);
     let r = versioned_backup(&b, &s, &[]);
@@ -707,7 +618,7 @@ fn verify_checks_history_and_the_next_run_heals_it() {
     assert_eq!(r.json()["versions_downloaded"], 1, "fetched again");
     let held = held_versions(&s, &["p.jpg"]);
     assert!(held.values().any(|(d, _)| d == b"version one"), "{held:?}");
-    assert_eq!(tm(&s, "verify", &[]).code(), 0);
+    assert_eq!(sub(&s, "verify", &[]).code(), 0);
 }
 
 /// Defect 4: a file `verify` marked damaged is not silently left out of the tree: `ls` shows it
@@ -725,15 +636,15 @@ fn a_damaged_current_file_is_corrupt_not_absent() {
         .open(s.dest.join("a+b"))
         .unwrap();
     std::io::Write::write_all(&mut f, b"XX").unwrap();
-    assert_eq!(tm(&s, "verify", &[]).code(), 1);
+    assert_eq!(sub(&s, "verify", &[]).code(), 1);
     next_second();
     let now = rfc3339(SystemTime::now());
-    let ls = tm(&s, "ls", &["--as-of", &now]).json();
+    let ls = sub(&s, "ls", &["--as-of", &now]).json();
     let keys = ls["keys"].as_array().unwrap();
     assert_eq!(keys.len(), 2, "{ls}");
     assert_eq!(keys[0]["damaged"], true, "{ls}");
     let dir = s.root.path().join("out");
-    let r = tm(
+    let r = sub(
         &s,
         "restore",
         &["--as-of", &now, "--to-dir", dir.to_str().unwrap()],
@@ -774,11 +685,11 @@ fn an_instant_before_the_keep_days_horizon_is_refused() {
         .unwrap();
     drop(catalog);
     let two_days_ago = SystemTime::now() - Duration::from_secs(2 * 86_400);
-    let r = tm(&s, "ls", &["--as-of", &rfc3339(two_days_ago)]);
+    let r = sub(&s, "ls", &["--as-of", &rfc3339(two_days_ago)]);
     assert_eq!(r.code(), 2);
     let e = r.json()["error"].as_str().unwrap().to_owned();
     assert!(e.contains("--keep-days"), "{e}");
-    let r = tm(&s, "ls", &["--as-of", &rfc3339(SystemTime::now())]);
+    let r = sub(&s, "ls", &["--as-of", &rfc3339(SystemTime::now())]);
     assert_eq!(r.code(), 0, "{}", r.stderr());
 }
 
@@ -794,7 +705,7 @@ fn a_local_file_is_no_version() {
     std::fs::write(s.dest.join("new.txt"), b"local junk").unwrap();
     b.put("new.txt", b"from the bucket");
     assert_eq!(versioned_backup(&b, &s, &[]).code(), 0);
-    let v = tm(&s, "versions", &["new.txt"]).json();
+    let v = sub(&s, "versions", &["new.txt"]).json();
     let versions = v["versions"].as_array().unwrap();
     assert_eq!(versions.len(), 1, "only the bucket's version: {v}");
     assert_eq!(
@@ -812,7 +723,7 @@ fn versions_of_one_second_print_in_order() {
     let key = in_one_second(&b, "k", &[b"v0", b"v1", b"v2", b"v3"], true);
     let s = Scratch::new();
     assert_eq!(versioned_backup(&b, &s, &[]).code(), 0);
-    let v = tm(&s, "versions", &[&key]).json();
+    let v = sub(&s, "versions", &[&key]).json();
     let versions = v["versions"].as_array().unwrap();
     assert_eq!(versions.len(), 5, "{v}");
     assert_eq!(versions[0]["delete_marker"], true, "{v}");
@@ -871,23 +782,23 @@ fn damage_in_history_is_named_never_uploaded_nor_forgotten() {
         .unwrap()
         .set_modified(SystemTime::now())
         .unwrap();
-    let r = tm(&s, "verify", &[]);
+    let r = sub(&s, "verify", &[]);
     assert_eq!(r.code(), 0, "{}", r.stdout());
     // The history folder away (unmounted): one error, nothing marked.
     let h = history(&s);
     let away = s.root.path().join("history-away");
     std::fs::rename(&h, &away).unwrap();
-    let r = tm(&s, "verify", &[]);
+    let r = sub(&s, "verify", &[]);
     assert_eq!(r.code(), 2, "{}", r.stdout());
     assert!(r.json()["error"].as_str().unwrap().contains("not mounted"));
     std::fs::rename(&away, &h).unwrap();
-    assert_eq!(tm(&s, "verify", &[]).code(), 0, "nothing was marked");
+    assert_eq!(sub(&s, "verify", &[]).code(), 0, "nothing was marked");
     // Rot: named by verify, kept in the catalog as damaged.
     rot(&old, b"0NE");
-    let r = tm(&s, "verify", &[]);
+    let r = sub(&s, "verify", &[]);
     assert_eq!(r.code(), 1);
     assert_eq!(r.json()["history_damaged"].as_array().unwrap().len(), 1);
-    let ls = tm(&s, "ls", &["--as-of", &rfc3339(t)]).json();
+    let ls = sub(&s, "ls", &["--as-of", &rfc3339(t)]).json();
     let x = ls["keys"]
         .as_array()
         .unwrap()
@@ -897,7 +808,7 @@ fn damage_in_history_is_named_never_uploaded_nor_forgotten() {
         .unwrap_or_else(|| panic!("x is not left out: {ls}"));
     assert_eq!(x["damaged"], true, "{ls}");
     let dir = s.root.path().join("then");
-    let r = tm(
+    let r = sub(
         &s,
         "restore",
         &["--as-of", &rfc3339(t), "--to-dir", dir.to_str().unwrap()],
@@ -916,14 +827,14 @@ fn damage_in_history_is_named_never_uploaded_nor_forgotten() {
         .unwrap()
         .to_owned();
     let into = Bucket::new(Kind::Moto, "tm-hdamage-into");
-    let r = restore_into(&s, &into, &["--from-history", &run]);
+    let r = restore_run(&s, &into, &["--from-history", &run]);
     assert_eq!(r.code(), 1, "{}", r.stdout());
     assert_eq!(r.json()["corrupt"][0], "x");
     assert!(bucket_contents(&into).is_empty());
     // The next versioned run fetches the version again; then all is well.
     let r = versioned_backup(&b, &s, &[]);
     assert_eq!(r.json()["versions_downloaded"], 1, "{}", r.stdout());
-    let r = tm(
+    let r = sub(
         &s,
         "restore",
         &[
@@ -959,11 +870,11 @@ fn a_deletion_held_back_by_max_delete_still_ends_the_key() {
     assert_eq!(r.code(), 1);
     assert_eq!(r.json()["max_delete_blocked"], 2);
     next_second();
-    let ls = tm(&s, "ls", &["--as-of", &rfc3339(SystemTime::now())]).json();
+    let ls = sub(&s, "ls", &["--as-of", &rfc3339(SystemTime::now())]).json();
     assert_eq!(ls["keys"].as_array().unwrap().len(), 0, "{ls}");
-    let ls = tm(&s, "ls", &["--as-of", &rfc3339(before)]).json();
+    let ls = sub(&s, "ls", &["--as-of", &rfc3339(before)]).json();
     assert_eq!(ls["keys"].as_array().unwrap().len(), 2, "{ls}");
-    let v = tm(&s, "versions", &["a"]).json();
+    let v = sub(&s, "versions", &["a"]).json();
     assert!(
         v["versions"]
             .as_array()

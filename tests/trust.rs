@@ -31,21 +31,6 @@ fn with<'a>(a: &'a [String], b: &[&'a str]) -> Vec<&'a str> {
         .collect()
 }
 
-/// `s3backup <sub> --dest D --state-dir S --json <extra>`.
-fn sub(s: &Scratch, name: &str, extra: &[&str]) -> Run {
-    let mut cmd = command(s);
-    cmd.arg(name)
-        .arg("--dest")
-        .arg(&s.dest)
-        .arg("--state-dir")
-        .arg(&s.state)
-        .arg("--json")
-        .args(extra);
-    Run {
-        output: cmd.output().expect("run s3backup"),
-    }
-}
-
 fn restore_into(s: &Scratch, into: &Bucket, extra: &[&str]) -> Run {
     let mut args = vec!["--bucket", &into.name, "--endpoint-url", &into.endpoint];
     args.extend_from_slice(extra);

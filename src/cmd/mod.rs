@@ -67,6 +67,13 @@ impl Write for SuspendingStderr {
     }
 }
 
+/// The history folder the backups into a destination use, as they remember it in its state folder.
+pub(crate) fn remembered_history(state: &std::path::Path) -> Option<std::path::PathBuf> {
+    std::fs::read(state.join(crate::backup::HISTORY_DIR_FILE))
+        .ok()
+        .map(|b| std::path::PathBuf::from(String::from_utf8_lossy(&b).into_owned()))
+}
+
 /// A destination's time machine, opened read-only: its catalog and its history folder.
 pub(crate) struct TimeMachine {
     pub catalog: crate::catalog::Catalog,
@@ -92,11 +99,7 @@ impl TimeMachine {
             }
             Err(e) => return Err(e.to_string()),
         };
-        let history = history.or_else(|| {
-            std::fs::read(state.join(crate::backup::HISTORY_DIR_FILE))
-                .ok()
-                .map(|b| std::path::PathBuf::from(String::from_utf8_lossy(&b).into_owned()))
-        });
+        let history = history.or_else(|| remembered_history(&state));
         Ok(TimeMachine {
             catalog,
             dest: d.dest,

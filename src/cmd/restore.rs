@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use crate::cli::RestoreArgs;
 use crate::cmd::{TimeMachine, fail, init_logging};
 use crate::report::{self, Exit};
-use crate::{backup, catalog, config, history, lock, restore, s3};
+use crate::{catalog, config, history, lock, restore, s3};
 
 /// `s3backup restore`: the catalogued files, or one history run folder, uploaded under their keys.
 pub fn run(mut args: RestoreArgs) -> ExitCode {
@@ -90,9 +90,7 @@ fn prepare_restore(
             }
             let root = match args.history_dir {
                 Some(h) => h,
-                None => std::fs::read(state.join(backup::HISTORY_DIR_FILE))
-                    .map(|b| std::path::PathBuf::from(String::from_utf8_lossy(&b).into_owned()))
-                    .map_err(|_| {
+                None => crate::cmd::remembered_history(&state).ok_or_else(|| {
                         format!(
                             "--from-history: no history folder is remembered for {}; pass --history-dir",
                             d.dest.display()

@@ -40,9 +40,7 @@ pub fn run(args: VerifyArgs) -> ExitCode {
         Err(e) => return fail(json, Exit::Config, &e.to_string()),
     };
     let prefix = args.prefix.as_deref().unwrap_or("");
-    let history = std::fs::read(dir.join(crate::backup::HISTORY_DIR_FILE))
-        .ok()
-        .map(|b| std::path::PathBuf::from(String::from_utf8_lossy(&b).into_owned()));
+    let history = crate::cmd::remembered_history(&dir);
     let outcome = scrub::verify(&catalog, &d.dest, prefix).and_then(|mut r| {
         if let Some(h) = &history {
             scrub::verify_history(&catalog, h, prefix, &mut r)?;

@@ -718,3 +718,74 @@ pub fn percent_decode(s: &str) -> String {
     }
     String::from_utf8(out).unwrap()
 }
+
+/// `s3backup <sub> --dest D --state-dir S --json <extra>`.
+pub fn sub(s: &Scratch, name: &str, extra: &[&str]) -> Run {
+    let mut cmd = command(s);
+    cmd.arg(name)
+        .arg("--dest")
+        .arg(&s.dest)
+        .arg("--state-dir")
+        .arg(&s.state)
+        .arg("--json")
+        .args(extra);
+    Run {
+        output: cmd.output().expect("run s3backup"),
+    }
+}
+
+pub fn restore_run(s: &Scratch, into: &Bucket, extra: &[&str]) -> Run {
+    let mut cmd = command(s);
+    cmd.arg("restore")
+        .arg("--dest")
+        .arg(&s.dest)
+        .arg("--state-dir")
+        .arg(&s.state);
+    cmd.args([
+        "--bucket",
+        &into.name,
+        "--endpoint-url",
+        &into.endpoint,
+        "--json",
+    ]);
+    cmd.args(extra);
+    Run {
+        output: cmd.output().expect("run s3backup restore"),
+    }
+}
+
+/// The restore tests' hostile keys (spaces, URL and XML metacharacters, Unicode in two normal forms,
+/// case twins, a 255-byte name, a folder marker and a key under it), each with its own bytes (a marker
+/// none). `control`: the key with control characters too (which moto's ListObjectVersions cannot carry).
+pub fn hostile_objects(control: bool) -> BTreeMap<String, Vec<u8>> {
+    let long = "n".repeat(255);
+    let ctrl = if control {
+        "ctrl\u{1}\u{1f}\ttab.jpg"
+    } else {
+        "ctrl\ttab.jpg"
+    };
+    let keys = [
+        "with space.jpg",
+        "plus+and&eq=q?hash#pct%25'quote\"back\\slash.jpg",
+        "ünïcödé/日本語/😀.png",
+        ctrl,
+        "Case.JPG",
+        "case.jpg",
+        "caf\u{e9}.jpg",
+        "cafe\u{301}.jpg",
+        &long,
+        "folder/",
+        "folder/inside.jpg",
+    ];
+    keys.iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let body = if k.ends_with('/') {
+                vec![]
+            } else {
+                bytes(i as u64, 10 + i)
+            };
+            (k.to_string(), body)
+        })
+        .collect()
+}
