@@ -212,6 +212,13 @@ impl Report {
                 self.replaced_to_history, self.deleted_to_history
             );
         }
+        if let (Some(listed), Some(kept)) = (self.versions_listed, self.versions_downloaded) {
+            let _ = write!(
+                s,
+                "; versions: {listed} older listed, {kept} fetched into history, {} delete markers",
+                self.delete_markers.unwrap_or(0)
+            );
+        }
         if self.repaired + self.deleted_changed_locally > 0 {
             let _ = write!(
                 s,
