@@ -476,14 +476,7 @@ fn rot_in_history_is_caught_by_restore_to_dir() {
         .find(|(d, _)| d == b"original bytes")
         .expect("the old version is held");
     // Same size, other bytes, mtime kept: only the checksum can tell.
-    let mtime = std::fs::metadata(old_path).unwrap().modified().unwrap();
-    std::fs::write(old_path, b"original BYTES").unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(old_path)
-        .unwrap()
-        .set_modified(mtime)
-        .unwrap();
+    rot(old_path, b"original BYTES");
     let dir: PathBuf = s.root.path().join("rot");
     let r = sub(
         &s,
@@ -602,14 +595,7 @@ fn verify_checks_history_and_the_next_run_heals_it() {
         .find(|(d, _)| d == b"version one")
         .expect("held")
         .clone();
-    let mtime = std::fs::metadata(&old).unwrap().modified().unwrap();
-    std::fs::write(&old, b"version ONE").unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(&old)
-        .unwrap()
-        .set_modified(mtime)
-        .unwrap();
+    rot(&old, b"version ONE");
     let r = sub(&s, "verify", &[]);
     assert_eq!(r.code(), 1, "{}", r.stderr());
     assert_eq!(r.json()["history_damaged"].as_array().unwrap().len(), 1);

@@ -14,20 +14,15 @@ const PAGE: u32 = 1000;
 pub fn run(args: LsArgs) -> ExitCode {
     let json = args.json;
     let prefix = args.prefix.unwrap_or_default();
-    let opened = args
-        .at
-        .resolve()
-        .map_err(|e| e.to_string())
-        .and_then(|d| TimeMachine::open(d, args.history_dir))
-        .and_then(|tm| {
-            let t = tm.instant(args.as_of.as_deref())?;
-            // The first page before anything is printed: an unreadable catalog is one line.
-            let first = tm
-                .catalog
-                .as_of_page(t, &prefix, "", PAGE)
-                .map_err(|e| e.to_string())?;
-            Ok((tm, t, first))
-        });
+    let opened = TimeMachine::from_args(args.at, args.history_dir).and_then(|tm| {
+        let t = tm.instant(args.as_of.as_deref())?;
+        // The first page before anything is printed: an unreadable catalog is one line.
+        let first = tm
+            .catalog
+            .as_of_page(t, &prefix, "", PAGE)
+            .map_err(|e| e.to_string())?;
+        Ok((tm, t, first))
+    });
     let (tm, t, mut page) = match opened {
         Ok(o) => o,
         Err(e) => return fail(json, Exit::Config, &e),

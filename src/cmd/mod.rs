@@ -82,6 +82,14 @@ pub(crate) struct TimeMachine {
 }
 
 impl TimeMachine {
+    /// `--dest`/`--state-dir` resolved as the backups resolve them, then `open`.
+    pub fn from_args(
+        at: crate::cli::DestArgs,
+        history: Option<std::path::PathBuf>,
+    ) -> Result<TimeMachine, String> {
+        TimeMachine::open(at.resolve().map_err(|e| e.to_string())?, history)
+    }
+
     /// The catalog the backups into `d` keep; the history folder given, else the one they remember.
     pub fn open(
         d: crate::cli::DestState,

@@ -160,26 +160,21 @@ fn prepare_restore(
 /// `restore --to-dir DIR --as-of T`: the tree as it was at T, written into a new or empty local folder.
 fn to_dir(args: RestoreArgs, dir: &std::path::Path) -> ExitCode {
     let json = args.json;
-    let prepared = args
-        .at
-        .resolve()
-        .map_err(|e| e.to_string())
-        .and_then(|d| TimeMachine::open(d, args.history_dir))
-        .and_then(|tm| {
-            let t = tm.instant(args.as_of.as_deref())?;
-            let prefix = args.prefix.unwrap_or_default();
-            empty_or_new(dir, &tm)?;
-            Ok((
+    let prepared = TimeMachine::from_args(args.at, args.history_dir).and_then(|tm| {
+        let t = tm.instant(args.as_of.as_deref())?;
+        let prefix = args.prefix.unwrap_or_default();
+        empty_or_new(dir, &tm)?;
+        Ok((
+            t,
+            restore::AsOf {
+                catalog: tm.catalog,
                 t,
-                restore::AsOf {
-                    catalog: tm.catalog,
-                    t,
-                    dest: tm.dest,
-                    history: tm.history,
-                    prefix,
-                },
-            ))
-        });
+                dest: tm.dest,
+                history: tm.history,
+                prefix,
+            },
+        ))
+    });
     let (t, as_of) = match prepared {
         Ok(p) => p,
         Err(e) => return fail(json, Exit::Config, &e),

@@ -10,15 +10,10 @@ use crate::report::Exit;
 pub fn run(args: VersionsArgs) -> ExitCode {
     let json = args.json;
     let key = args.key;
-    let outcome = args
-        .at
-        .resolve()
-        .map_err(|e| e.to_string())
-        .and_then(|d| TimeMachine::open(d, args.history_dir))
-        .and_then(|tm| {
-            let rows = tm.catalog.versions_of(&key).map_err(|e| e.to_string())?;
-            Ok((tm, rows))
-        });
+    let outcome = TimeMachine::from_args(args.at, args.history_dir).and_then(|tm| {
+        let rows = tm.catalog.versions_of(&key).map_err(|e| e.to_string())?;
+        Ok((tm, rows))
+    });
     let (tm, rows) = match outcome {
         Ok(o) => o,
         Err(e) => return fail(json, Exit::Config, &e),
