@@ -41,6 +41,11 @@ def flat_name(i, n):
     return f"img_{i:0{len(str(n))}d}.jpg"
 
 
+def dir_bytes(root):
+    """Bytes in the files under root (the state folder: the catalog and its journal)."""
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(root) for f in files)
+
+
 def count_files(root):
     return sum(len(files) for _, _, files in os.walk(root))
 
@@ -112,6 +117,8 @@ class Latency(bench.Bench):
         if r.rc != 0 or count_files(dest) != n:
             raise SystemExit(f"template copy failed: exit {r.rc}, {count_files(dest)} files; see {r.log}.err")
         print(f"   template: {n} files in {r.wall:.1f}s", flush=True)
+        r.detail = f"{n} files"
+        self.full = (r, dir_bytes(self.state))
         self.template = os.path.join(self.dest_root, "template")
         self.template_state = os.path.join(self.dest_root, "template.state")
         os.rename(dest, self.template)
@@ -141,7 +148,7 @@ class Latency(bench.Bench):
             self.record(r)
             rows.append((r, counts))
 
-        for rep in range(1, a.reps + 1):
+        for rep in range(1, (a.noop_reps or a.reps) + 1):
             for tool in self.rotated(tools, rep):
                 one("L0", tool, rep, [])
         # 1%: overwrite once; each run starts from the pre-change template, so every run fetches the same.
@@ -175,11 +182,18 @@ class Latency(bench.Bench):
         if self.s3sync_bin():
             out.append(f"| s3sync | {bench.sh_out([self.s3sync_bin(), '--version'])} |")
         out.append("")
+        full, catalog = self.full
+        out += ["## Full run: s3backup's first copy, straight from the server (no delay)\n",
+                "| objects | wall s | CPU s | max RSS MiB | state folder (catalog) bytes | bytes per object |",
+                "| ---: | ---: | ---: | ---: | ---: | ---: |",
+                f"| {a.objects:,} | {full.wall:.2f} | {full.cpu:.2f} | {full.rss_kib / 1024:.1f} | {catalog:,} | "
+                f"{catalog / a.objects:.0f} |", ""]
         seq = {}
         for scen, what in (("L0", "no-op"), ("L1", f"{n_changed:,} objects ({a.change_fraction:.0%}) changed")):
             out += [f"## {scen}: {what}\n",
-                    "| tool | wall median s | min | × sequential | CPU s | max RSS MiB | LISTs | GETs | correct | notes |",
-                    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
+                    "| tool | wall median s | min | × sequential | CPU s | max RSS MiB | LISTs | GETs | correct "
+                    "| µs per object | notes |",
+                    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |"]
             for tool in tools:
                 rs = [(r, c) for r, c in rows if r.scenario == scen and r.tool == tool]
                 walls = [r.wall for r, _ in rs if r.wall is not None]
@@ -195,6 +209,7 @@ class Latency(bench.Bench):
                 out.append(f"| {label.get(tool, 's3backup --list-concurrency ' + tool.partition('-l')[2])} | "
                            f"{med:.2f} | {min(walls):.2f} | {ratio} | {cpu[len(cpu) // 2]:.2f} | {rss:.1f} | "
                            f"{c0['LIST']} | {c0['GET']} | {'yes' if all(r.correct for r, _ in rs) else '**NO**'} | "
+                           f"{med / a.objects * 1e6:.1f} | "
                            f"{'; '.join([r0.detail] + r0.notes)} |")
             out.append("")
         with open(a.out + ".md", "w") as f:
@@ -214,6 +229,10 @@ def main():
     p.add_argument("--list-delay-ms", type=int, default=100)
     p.add_argument("--get-delay-ms", type=int, default=0)
     p.add_argument("--reps", type=int, default=1)
+    p.add_argument("--noop-reps", type=int, default=0, help="repetitions of L0 (default: --reps)")
+    p.add_argument("--disk", action="store_true",
+                   help="destinations on disk under --workdir-root, not tmpfs (scenario M: a million files "
+                        "per copy outgrow tmpfs's inodes)")
     p.add_argument("--change-fraction", type=float, default=0.01)
     p.add_argument("--s3backup-lists", default="", help="more --list-concurrency values to measure, e.g. 8,32")
     p.add_argument("--peers", default="rclone,s5sync,aws1,s3sync")
@@ -223,7 +242,7 @@ def main():
     p.add_argument("--keep", action="store_true")
     a = p.parse_args()
     a.bin = os.path.abspath(a.bin) if a.wait_for_bin and a.bin else bench.pick_bin(a.bin)
-    a.tmpfs, a.tools, a.small, a.parallel = True, None, False, 16
+    a.tmpfs, a.tools, a.small, a.parallel = not a.disk, None, False, 16
     b = Latency(a)
     t0 = time.time()
     try:
