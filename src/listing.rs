@@ -1,5 +1,5 @@
 //! Bucket listing: ListObjectsV2, streamed page by page into a bounded channel, in S3's byte order; one
-//! stream through the SDK paginator, or several at once over prefixes (`parallel`), merged back in order.
+//! stream, or several at once over prefixes (`parallel`), merged back in order.
 //!
 //! Keys are requested URL-encoded (`encoding-type=url`) because XML 1.0 cannot carry most control
 //! characters; they are decoded here, so the rest of the engine only ever sees the real key.
@@ -59,44 +59,18 @@ pub fn spawn(
     concurrency: usize,
 ) -> mpsc::Receiver<Page> {
     let (tx, rx) = mpsc::channel(depth);
+    let source = S3Source {
+        client,
+        bucket: bucket.into(),
+    };
+    let prefix = prefix.unwrap_or_default();
     if concurrency > 1 {
-        let source = S3Source {
-            client,
-            bucket: bucket.into(),
-        };
-        tokio::spawn(parallel::run(
-            source,
-            prefix.unwrap_or_default(),
-            concurrency,
-            tx,
-        ));
-        return rx;
+        tokio::spawn(parallel::run(source, prefix, concurrency, tx));
+    } else {
+        // Not the SDK's paginator: it ends quietly on a truncated page without a token, or on a token
+        // sent twice, and a listing that ends early would look complete (and its missing keys deleted).
+        tokio::spawn(parallel::sequential(source, prefix, tx));
     }
-    tokio::spawn(async move {
-        let mut pages = client
-            .list_objects_v2()
-            .bucket(&bucket)
-            .set_prefix(prefix)
-            .encoding_type(EncodingType::Url)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = match page {
-                Ok(out) => {
-                    let url_encoded = out.encoding_type() == Some(&EncodingType::Url);
-                    out.contents()
-                        .iter()
-                        .map(|o| object_info(o, url_encoded))
-                        .collect::<Result<Vec<_>, _>>()
-                }
-                Err(e) => Err(classify(&bucket, &e)),
-            };
-            let stop = page.is_err();
-            if tx.send(page).await.is_err() || stop {
-                break;
-            }
-        }
-    });
     rx
 }
 
@@ -144,8 +118,8 @@ impl parallel::Source for S3Source {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let next = match (out.is_truncated(), out.next_continuation_token()) {
-            (Some(true), Some(t)) => Some(t.to_owned()),
-            (Some(true), None) => {
+            (Some(true), Some(t)) if !t.is_empty() => Some(t.to_owned()),
+            (Some(true), _) => {
                 return Err(ListError::Other {
                     detail: format!(
                         "listing bucket {}: a truncated page without a continuation token",

@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::latency::LatencyProxy;
+use common::latency::{LatencyProxy, ListFault};
 use common::*;
 
 fn delete(b: &Bucket, key: &str) {
@@ -205,6 +205,125 @@ fn a_stream_failing_half_way_is_an_incomplete_listing_and_moves_nothing() {
     let r = backup_via(&proxy.endpoint, &b, &s, &hist);
     assert_eq!(r.code(), 0, "{}", r.stderr());
     assert_eq!(r.json()["deleted_to_history"], 3);
+}
+
+#[test]
+fn a_truncated_page_without_a_token_breaks_the_listing_at_every_concurrency() {
+    // A page that says "more" but gives no token to ask for it: the SDK's paginator ends there quietly,
+    // and a listing that stops early looks complete, so the keys after it looked deleted.
+    let objs: BTreeMap<String, Vec<u8>> = (0..2500)
+        .map(|i| (format!("f_{i:04}"), bytes(i, 16)))
+        .collect();
+    for lists in ["1", "16"] {
+        let b = Bucket::new(Kind::Seaweed, &format!("notoken{lists}"));
+        b.put_many(&objs);
+        let proxy = LatencyProxy::start(&b.endpoint, Duration::ZERO, Duration::ZERO);
+        let s = Scratch::new();
+        let h = s.root.path().join("history");
+        let args = [
+            "--list-concurrency",
+            lists,
+            "--history-dir",
+            h.to_str().unwrap(),
+        ];
+        let r = backup_via(&proxy.endpoint, &b, &s, &args);
+        assert_eq!(r.code(), 0, "{}", r.stderr());
+        assert_eq!(r.json()["listed"], objs.len());
+
+        // Gone from the bucket, on the page after the broken one.
+        delete(&b, "f_2400");
+        // The second page is truncated and loses its token; the third (with f_2400) is never asked.
+        proxy.damage_lists_containing(&["continuation-token="], ListFault::DropToken);
+        let r = backup_via(&proxy.endpoint, &b, &s, &args);
+        assert!(proxy.failed() > 0, "the fault never fired");
+        assert_eq!(r.code(), 1, "--list-concurrency {lists}: {}", r.stderr());
+        let error = r.json()["error"].as_str().unwrap_or_default().to_owned();
+        assert!(
+            error.contains("a truncated page without a continuation token"),
+            "--list-concurrency {lists}: {error}"
+        );
+        assert_eq!(
+            r.json()["deleted_to_history"],
+            0,
+            "--list-concurrency {lists}"
+        );
+        assert!(tree(&h).is_empty(), "nothing moved: {:?}", tree(&h).keys());
+        assert!(s.dest.join("f_2400").exists(), "--list-concurrency {lists}");
+
+        let proxy = LatencyProxy::start(&b.endpoint, Duration::ZERO, Duration::ZERO);
+        let r = backup_via(&proxy.endpoint, &b, &s, &args);
+        assert_eq!(r.code(), 0, "{}", r.stderr());
+        assert_eq!(
+            r.json()["deleted_to_history"],
+            1,
+            "--list-concurrency {lists}"
+        );
+    }
+}
+
+#[test]
+fn an_emptied_prefix_the_server_still_names_is_empty_not_a_broken_listing() {
+    // SeaweedFS keeps an emptied folder: its delimited listing still names `p05/`, whose own listing
+    // has no key. With 11 prefixes at the root and 2 streams, `p05/` is a stream of its own.
+    let b = Bucket::new(Kind::Seaweed, "emptied");
+    let mut objs: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for p in 0..10 {
+        for i in 0..3 {
+            objs.insert(format!("p{p:02}/{i}"), bytes(i, 30));
+        }
+    }
+    for i in 0..1100 {
+        objs.insert(format!("pad/{i:04}"), bytes(i, 10));
+    }
+    b.put_many(&objs);
+    let s = Scratch::new();
+    let h = s.root.path().join("history");
+    let args = [
+        "--list-concurrency",
+        "2",
+        "--history-dir",
+        h.to_str().unwrap(),
+    ];
+    let r = backup(&b, &s, &args);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+
+    for i in 0..3 {
+        delete(&b, &format!("p05/{i}"));
+    }
+    b.put("p09/new", b"new");
+    let named = rt()
+        .block_on(
+            b.client
+                .list_objects_v2()
+                .bucket(&b.name)
+                .delimiter("/")
+                .send(),
+        )
+        .unwrap();
+    assert!(
+        named
+            .common_prefixes()
+            .iter()
+            .any(|p| p.prefix() == Some("p05/")),
+        "the server no longer names the emptied prefix: this test shows nothing"
+    );
+    let r = backup(&b, &s, &args);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    assert_eq!(r.json()["deleted_to_history"], 3);
+    assert_eq!(std::fs::read(s.dest.join("p09/new")).unwrap(), b"new");
+    // The sequential listing agrees.
+    let r = backup(
+        &b,
+        &s,
+        &[
+            "--list-concurrency",
+            "1",
+            "--history-dir",
+            h.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    assert_eq!(r.json()["deleted_to_history"], 0);
 }
 
 #[test]

@@ -186,7 +186,7 @@ async fn join<S: Source>(
 ) -> Result<(), ListError> {
     enum Ahead {
         Key(ObjectInfo),
-        Listing(String, mpsc::Receiver<Page>),
+        Listing(String, mpsc::Receiver<Page>, tokio::task::JoinHandle<()>),
     }
     let mut nodes = nodes.into_iter();
     let mut ahead: VecDeque<Ahead> = VecDeque::new();
@@ -203,8 +203,8 @@ async fn join<S: Source>(
                     };
                     // One page waits in the channel while the stream fetches the next.
                     let (tx, rx) = mpsc::channel(1);
-                    tokio::spawn(list_prefix(source.clone(), p.clone(), resume, tx));
-                    ahead.push_back(Ahead::Listing(p, rx));
+                    let stream = tokio::spawn(list_prefix(source.clone(), p.clone(), resume, tx));
+                    ahead.push_back(Ahead::Listing(p, rx, stream));
                     listings += 1;
                 }
                 None => break,
@@ -219,22 +219,19 @@ async fn join<S: Source>(
                     return Ok(());
                 }
             }
-            Ahead::Listing(prefix, mut rx) => {
-                let mut listed = 0;
+            Ahead::Listing(prefix, mut rx, stream) => {
                 while let Some(page) = rx.recv().await {
-                    let objects = page?;
-                    listed += objects.len();
-                    if !out.push(objects).await {
+                    if !out.push(page?).await {
                         return Ok(());
                     }
                 }
-                if listed == 0 {
-                    // Discovery saw keys under it; none now. Either they were deleted meanwhile, or the
-                    // server sent the prefix in a form that matches nothing: either way this listing
-                    // cannot vouch for what is gone.
+                // No keys at all is an empty prefix, as one sequential listing would find it: its keys
+                // were deleted meanwhile, or the server keeps an emptied folder as a prefix (SeaweedFS
+                // does). A stream that died without saying so is not an end.
+                if stream.await.is_err() {
                     return Err(ListError::Other {
                         detail: format!(
-                            "listing prefix {}: no keys, though the listing above it named it; objects under it were not seen",
+                            "listing prefix {}: the stream stopped without an answer; objects under it were not seen",
                             crate::errtext::key(&prefix)
                         ),
                     });
@@ -243,6 +240,12 @@ async fn join<S: Source>(
             }
         }
     }
+}
+
+/// One stream over everything under `root` (`--list-concurrency 1`), with the same checks as each
+/// stream of a parallel listing.
+pub async fn sequential<S: Source>(source: S, root: String, tx: mpsc::Sender<Page>) {
+    list_prefix(source, root, None, tx).await
 }
 
 /// Every key under `prefix` (after `resume`'s first page, when given), page by page, into `tx`; an

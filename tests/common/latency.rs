@@ -2,22 +2,33 @@
 //! and each other request (object GETs, HEADs) for `get_delay` before forwarding it, so that the first
 //! byte of every answer comes that much later, as S3's 100-300 ms per LIST page makes it. It counts LISTs
 //! and the most in flight at once (the proof that listings ran in parallel), and can answer chosen LISTs
-//! with 403 AccessDenied instead of forwarding them (a listing that breaks half-way).
+//! with 403 AccessDenied instead of forwarding them (a listing that breaks half-way), or strip the
+//! continuation token from their answers (a truncated page a client must not take for the last one).
 //!
 //! One request per connection (it asks the server to close after answering), as `Proxy` in `mod.rs`.
 
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
+/// What the proxy does to a LIST it was told to damage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListFault {
+    /// Answer 403 AccessDenied without asking the server.
+    Forbidden,
+    /// Forward it, and remove `<NextContinuationToken>` from the answer (`IsTruncated` stays true).
+    DropToken,
+}
+
 #[derive(Default)]
 struct State {
     list_delay: Duration,
     get_delay: Duration,
-    /// Answer 403 to LISTs whose request line contains all of these.
-    fail_list: Option<Vec<String>>,
+    /// Damage LISTs whose request line contains all of these.
+    fail_list: Option<(Vec<String>, ListFault)>,
     lists: Vec<String>,
     failed: usize,
 }
@@ -64,10 +75,16 @@ impl LatencyProxy {
 
     /// From now on, answer 403 AccessDenied to every LIST whose request line contains all of `parts`.
     pub fn fail_lists_containing(&self, parts: &[&str]) {
-        self.state.lock().unwrap().fail_list = Some(parts.iter().map(|s| s.to_string()).collect());
+        self.damage_lists_containing(parts, ListFault::Forbidden);
     }
 
-    /// LISTs answered with 403 so far.
+    /// From now on, damage every LIST whose request line contains all of `parts` with `fault`.
+    pub fn damage_lists_containing(&self, parts: &[&str], fault: ListFault) {
+        self.state.lock().unwrap().fail_list =
+            Some((parts.iter().map(|s| s.to_string()).collect(), fault));
+    }
+
+    /// LISTs damaged so far.
     pub fn failed(&self) -> usize {
         self.state.lock().unwrap().failed
     }
@@ -102,18 +119,18 @@ fn serve(
         if list {
             s.lists.push(line.clone());
         }
-        let fail = list
-            && s.fail_list
-                .as_ref()
-                .is_some_and(|parts| parts.iter().all(|p| line.contains(p.as_str())));
-        if fail {
+        let fault = match &s.fail_list {
+            Some((parts, f)) if list && parts.iter().all(|p| line.contains(p.as_str())) => Some(*f),
+            _ => None,
+        };
+        if fault.is_some() {
             s.failed += 1;
         }
-        (if list { s.list_delay } else { s.get_delay }, fail)
+        (if list { s.list_delay } else { s.get_delay }, fault)
     };
     let _counted = list.then(|| InFlight::enter(in_flight, max_in_flight));
     thread::sleep(delay);
-    if fail {
+    if fail == Some(ListFault::Forbidden) {
         return super::write_s3_error(
             &mut client,
             "403 Forbidden",
@@ -122,8 +139,56 @@ fn serve(
         );
     }
     let mut server = super::forward_head(upstream, &text)?;
+    if fail == Some(ListFault::DropToken) {
+        let mut resp = Vec::new();
+        server.read_to_end(&mut resp)?;
+        return client.write_all(&without_token(&resp));
+    }
     std::io::copy(&mut server, &mut client)?;
     Ok(())
+}
+
+/// `resp` (an HTTP response, its body whole or chunked) with `<NextContinuationToken>` cut out of the
+/// body, sent with a Content-Length.
+fn without_token(resp: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(resp);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let mut body = if chunked {
+        let (mut out, mut rest) = (String::new(), body);
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            out.push_str(&after[..n]);
+            rest = after[n..].trim_start_matches("\r\n");
+        }
+        out
+    } else {
+        body.to_owned()
+    };
+    if let (Some(a), Some(b)) = (
+        body.find("<NextContinuationToken>"),
+        body.find("</NextContinuationToken>"),
+    ) {
+        body.replace_range(a..b + "</NextContinuationToken>".len(), "");
+    }
+    let head: Vec<&str> = head
+        .lines()
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            !l.starts_with("content-length:") && !l.starts_with("transfer-encoding:")
+        })
+        .collect();
+    format!(
+        "{}\r\nContent-Length: {}\r\n\r\n{body}",
+        head.join("\r\n"),
+        body.len()
+    )
+    .into_bytes()
 }
 
 /// Counts a LIST in flight for as long as it lives.
