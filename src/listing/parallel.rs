@@ -231,8 +231,8 @@ async fn join<S: Source>(
                 if stream.await.is_err() {
                     return Err(ListError::Other {
                         detail: format!(
-                            "listing prefix {}: the stream stopped without an answer; objects under it were not seen",
-                            crate::errtext::key(&prefix)
+                            "{}: the stream stopped without an answer; objects under it were not seen",
+                            listing_of(&prefix)
                         ),
                     });
                 }
@@ -279,8 +279,8 @@ async fn list_prefix<S: Source>(
                 let _ = tx
                     .send(Err(ListError::Other {
                         detail: format!(
-                            "listing prefix {}: the server sent the same continuation token twice",
-                            crate::errtext::key(&prefix)
+                            "{}: the server sent the same continuation token twice",
+                            listing_of(&prefix)
                         ),
                     }))
                     .await;
@@ -288,6 +288,15 @@ async fn list_prefix<S: Source>(
             }
             None => return,
         }
+    }
+}
+
+/// How an error names a stream: the whole bucket (`--list-concurrency 1` without `--prefix`) or a prefix.
+fn listing_of(prefix: &str) -> String {
+    if prefix.is_empty() {
+        "listing the bucket".to_owned()
+    } else {
+        format!("listing prefix {}", crate::errtext::key(prefix))
     }
 }
 
@@ -369,6 +378,8 @@ mod tests {
         max_in_flight: Arc<AtomicUsize>,
         /// Fail the request for this prefix whose continuation token is set (a listing half-way).
         fail_after_first_page_of: Option<String>,
+        /// Answer a page asked with a token with that same token as the next one (a server loop).
+        repeat_token: bool,
         log: Arc<Mutex<Vec<(String, bool)>>>,
     }
 
@@ -382,6 +393,7 @@ mod tests {
                 in_flight: Arc::default(),
                 max_in_flight: Arc::default(),
                 fail_after_first_page_of: None,
+                repeat_token: false,
                 log: Arc::default(),
             }
         }
@@ -469,6 +481,9 @@ mod tests {
                 && page.prefixes.last() == Some(t)
             {
                 page.next = Some(format!("{t}\u{10FFFF}"));
+            }
+            if self.repeat_token && token.is_some() && page.next.is_some() {
+                page.next = token;
             }
             Ok(page)
         }
@@ -663,5 +678,28 @@ mod tests {
             .collect();
         assert_eq!(got.len(), before.len() + 3);
         assert!(got.iter().zip(&all).all(|(a, b)| a == b));
+    }
+
+    #[tokio::test]
+    async fn one_stream_breaks_off_on_a_token_sent_twice() {
+        // The SDK's paginator ends quietly here; the listing would then look complete.
+        let keys: Vec<String> = (0..20).map(|i| format!("k{i:02}")).collect();
+        let mut mem = Mem::new(keys.clone(), 5);
+        mem.repeat_token = true;
+        let (tx, mut rx) = mpsc::channel(2);
+        tokio::spawn(sequential(mem, String::new(), tx));
+        let mut got = Vec::new();
+        let mut error = None;
+        while let Some(p) = rx.recv().await {
+            match p {
+                Ok(objs) => got.extend(objs.into_iter().map(|o| o.key)),
+                Err(e) => error = Some(e.to_string()),
+            }
+        }
+        assert_eq!(got, keys[..10]);
+        assert_eq!(
+            error.as_deref(),
+            Some("listing the bucket: the server sent the same continuation token twice")
+        );
     }
 }
