@@ -4,6 +4,7 @@
 //! Keys are requested URL-encoded (`encoding-type=url`) because XML 1.0 cannot carry most control
 //! characters; they are decoded here, so the rest of the engine only ever sees the real key.
 
+mod lookahead;
 mod parallel;
 pub mod versions;
 

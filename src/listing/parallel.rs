@@ -16,15 +16,18 @@
 //!
 //! Bounds: discovery keeps at most one page of keys per prefix it expands; then at most
 //! `concurrency` prefix listings run ahead of the consumer, each holding at most two pages (one waiting
-//! in its channel, one in hand). Any error ends the sequence with an `Err` in its place, so a consumer
-//! that saw no `Err` saw every key.
+//! for the consumer, one in hand), and all of them together at most `LOOKAHEAD` bytes more, lent only
+//! while the consumer waits on the listing (`lookahead`). Any error ends the sequence with an `Err` in
+//! its place, so a consumer that saw no `Err` saw every key.
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::Arc;
 
 use futures::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
+use super::lookahead::{self, Lease, Lookahead};
 use super::{ListError, ObjectInfo, Page};
 
 /// A page as S3 gives it: objects, and with a delimiter the common prefixes; `next` is the continuation
@@ -53,6 +56,9 @@ const UNITS_PER_STREAM: usize = 4;
 const MAX_LEVELS: usize = 6;
 /// Keys per page handed to the consumer (S3's page size).
 const PAGE: usize = 1000;
+/// Bytes of pages the streams may list ahead of the consumer beyond their own page each: about 80
+/// pages of short keys, enough for the ~8 streams nearest the consumer to hold a 10-page prefix each.
+const LOOKAHEAD: usize = 16 << 20;
 
 /// What discovery leaves: keys already listed, and prefixes still to list (`Open`: not looked into yet,
 /// may be expanded; `Flat`: listed as one stream going on from its first page, because it has no
@@ -82,8 +88,19 @@ impl Node {
 
 /// List everything under `root` into `tx`, `concurrency` streams at a time.
 pub async fn run<S: Source>(source: S, root: String, concurrency: usize, tx: mpsc::Sender<Page>) {
+    run_within(source, root, concurrency, LOOKAHEAD, tx).await
+}
+
+async fn run_within<S: Source>(
+    source: S,
+    root: String,
+    concurrency: usize,
+    lookahead: usize,
+    tx: mpsc::Sender<Page>,
+) {
     let concurrency = concurrency.max(1);
-    let mut out = Out::new(tx);
+    let lookahead = Lookahead::new(lookahead);
+    let mut out = Out::new(tx, Some(lookahead.clone()));
     let nodes = match discover(&source, root, concurrency, &mut out).await {
         Ok(Some(nodes)) => nodes,
         Ok(None) => return,
@@ -92,7 +109,7 @@ pub async fn run<S: Source>(source: S, root: String, concurrency: usize, tx: mps
             return;
         }
     };
-    if let Err(e) = join(&source, nodes, concurrency, &mut out).await {
+    if let Err(e) = join(&source, nodes, concurrency, &lookahead, &mut out).await {
         out.fail(e).await;
         return;
     }
@@ -182,15 +199,22 @@ async fn join<S: Source>(
     source: &S,
     nodes: Vec<Node>,
     concurrency: usize,
+    lookahead: &Arc<Lookahead>,
     out: &mut Out,
 ) -> Result<(), ListError> {
     enum Ahead {
         Key(ObjectInfo),
-        Listing(String, mpsc::Receiver<Page>, tokio::task::JoinHandle<()>),
+        Listing(
+            String,
+            mpsc::UnboundedReceiver<Held>,
+            tokio::task::JoinHandle<()>,
+        ),
     }
     let mut nodes = nodes.into_iter();
     let mut ahead: VecDeque<Ahead> = VecDeque::new();
     let mut listings = 0;
+    // Streams started so far: a stream's rank is its place in the order pages are handed on.
+    let mut started: u64 = 0;
     loop {
         while listings < concurrency {
             match nodes.next() {
@@ -201,9 +225,15 @@ async fn join<S: Source>(
                         Node::Open(p) => (p, None),
                         Node::Key(_) => unreachable!(),
                     };
-                    // One page waits in the channel while the stream fetches the next.
-                    let (tx, rx) = mpsc::channel(1);
-                    let stream = tokio::spawn(list_prefix(source.clone(), p.clone(), resume, tx));
+                    // Unbounded: what a stream may hold is bounded by its room (`Room`), not here.
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    let room = Room {
+                        own: Arc::new(Semaphore::new(1)),
+                        lent: Some((lookahead.clone(), started)),
+                    };
+                    started += 1;
+                    let stream =
+                        tokio::spawn(list_prefix(source.clone(), p.clone(), resume, room, tx));
                     ahead.push_back(Ahead::Listing(p, rx, stream));
                     listings += 1;
                 }
@@ -220,7 +250,7 @@ async fn join<S: Source>(
                 }
             }
             Ahead::Listing(prefix, mut rx, stream) => {
-                while let Some(page) = rx.recv().await {
+                while let Some(Held { page, room: _room }) = rx.recv().await {
                     if !out.push(page?).await {
                         return Ok(());
                     }
@@ -245,20 +275,86 @@ async fn join<S: Source>(
 /// One stream over everything under `root` (`--list-concurrency 1`), with the same checks as each
 /// stream of a parallel listing.
 pub async fn sequential<S: Source>(source: S, root: String, tx: mpsc::Sender<Page>) {
-    list_prefix(source, root, None, tx).await
+    let (held_tx, mut held_rx) = mpsc::unbounded_channel();
+    let room = Room {
+        own: Arc::new(Semaphore::new(1)),
+        lent: None,
+    };
+    tokio::spawn(list_prefix(source, root, None, room, held_tx));
+    while let Some(Held { page, room: _room }) = held_rx.recv().await {
+        if tx.send(page).await.is_err() {
+            return;
+        }
+    }
 }
 
-/// Every key under `prefix` (after `resume`'s first page, when given), page by page, into `tx`; an
-/// error ends it. Ends early when nobody listens.
+/// A listed page, and the room it takes until the consumer has it.
+struct Held {
+    page: Page,
+    room: Hold,
+}
+
+/// Room for a page: the stream's own, or bytes lent from the shared lookahead.
+struct Hold {
+    _own: Option<OwnedSemaphorePermit>,
+    _lent: Option<Lease>,
+}
+
+/// Where a stream may put the pages it lists ahead of the consumer: its own room for one page, and,
+/// when given, the shared lookahead at its rank.
+struct Room {
+    own: Arc<Semaphore>,
+    lent: Option<(Arc<Lookahead>, u64)>,
+}
+
+impl Room {
+    /// Room for `page`: the stream's own as soon as it is free, or bytes lent, whichever comes first.
+    async fn take(&self, page: &Page) -> Hold {
+        let own = |p: OwnedSemaphorePermit| Hold {
+            _own: Some(p),
+            _lent: None,
+        };
+        if let Ok(p) = self.own.clone().try_acquire_owned() {
+            return own(p);
+        }
+        let (lookahead, rank, objects) = match (&self.lent, page) {
+            (Some((l, r)), Ok(objects)) => (l, *r, objects),
+            _ => {
+                return own(self
+                    .own
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("never closed"));
+            }
+        };
+        tokio::select! {
+            biased;
+            p = self.own.clone().acquire_owned() => own(p.expect("never closed")),
+            lease = lookahead.lease(rank, lookahead::weight(objects)) => Hold {
+                _own: None,
+                _lent: Some(lease),
+            },
+        }
+    }
+}
+
+/// Every key under `prefix` (after `resume`'s first page, when given), page by page, into `tx`, each
+/// page once there is room for it; an error ends it. Ends early when nobody listens.
 async fn list_prefix<S: Source>(
     source: S,
     prefix: String,
     resume: Option<Resume>,
-    tx: mpsc::Sender<Page>,
+    room: Room,
+    tx: mpsc::UnboundedSender<Held>,
 ) {
+    let send = async |page: Page| {
+        let room = room.take(&page).await;
+        tx.send(Held { page, room }).is_ok()
+    };
     let mut token = None;
     if let Some(r) = resume {
-        if tx.send(Ok(r.first)).await.is_err() {
+        if !send(Ok(r.first)).await {
             return;
         }
         token = Some(r.token);
@@ -270,20 +366,19 @@ async fn list_prefix<S: Source>(
             Err(e) => (Err(e), None),
         };
         let stop = objects.is_err();
-        if tx.send(objects).await.is_err() || stop {
+        if !send(objects).await || stop {
             return;
         }
         match next {
             Some(t) if Some(&t) != token.as_ref() => token = Some(t),
             Some(_) => {
-                let _ = tx
-                    .send(Err(ListError::Other {
-                        detail: format!(
-                            "{}: the server sent the same continuation token twice",
-                            listing_of(&prefix)
-                        ),
-                    }))
-                    .await;
+                send(Err(ListError::Other {
+                    detail: format!(
+                        "{}: the server sent the same continuation token twice",
+                        listing_of(&prefix)
+                    ),
+                }))
+                .await;
                 return;
             }
             None => return,
@@ -306,14 +401,17 @@ struct Out {
     tx: mpsc::Sender<Page>,
     buf: Vec<ObjectInfo>,
     sent: bool,
+    /// Told, at each page, whether the consumer waits on the listing or the listing on it.
+    lookahead: Option<Arc<Lookahead>>,
 }
 
 impl Out {
-    fn new(tx: mpsc::Sender<Page>) -> Out {
+    fn new(tx: mpsc::Sender<Page>, lookahead: Option<Arc<Lookahead>>) -> Out {
         Out {
             tx,
             buf: Vec::new(),
             sent: false,
+            lookahead,
         }
     }
 
@@ -334,6 +432,13 @@ impl Out {
     }
 
     async fn send(&mut self, objects: Vec<ObjectInfo>) -> bool {
+        if let Some(l) = &self.lookahead {
+            if self.tx.capacity() == self.tx.max_capacity() {
+                l.hungry();
+            } else if self.tx.capacity() == 0 {
+                l.full();
+            }
+        }
         self.sent = true;
         self.tx.send(Ok(objects)).await.is_ok()
     }
@@ -380,6 +485,8 @@ mod tests {
         fail_after_first_page_of: Option<String>,
         /// Answer a page asked with a token with that same token as the next one (a server loop).
         repeat_token: bool,
+        /// Time each request takes (S3's latency; the tests that set it run on paused time).
+        delay: std::time::Duration,
         log: Arc<Mutex<Vec<(String, bool)>>>,
     }
 
@@ -394,6 +501,7 @@ mod tests {
                 max_in_flight: Arc::default(),
                 fail_after_first_page_of: None,
                 repeat_token: false,
+                delay: std::time::Duration::ZERO,
                 log: Arc::default(),
             }
         }
@@ -424,6 +532,9 @@ mod tests {
             // Let other streams run, so that concurrency is real.
             for _ in 0..3 {
                 tokio::task::yield_now().await;
+            }
+            if !self.delay.is_zero() {
+                tokio::time::sleep(self.delay).await;
             }
             self.in_flight.fetch_sub(1, Ordering::SeqCst);
             if token.is_some() && self.fail_after_first_page_of.as_deref() == Some(&prefix) {
@@ -700,6 +811,76 @@ mod tests {
         assert_eq!(
             error.as_deref(),
             Some("listing the bucket: the server sent the same continuation token twice")
+        );
+    }
+
+    /// 8 folders of 9 pages each, 100 ms a request.
+    fn folders_of_nine_pages(page_size: usize) -> Mem {
+        let keys: Vec<String> = (0..8)
+            .flat_map(|d| (0..9 * page_size).map(move |i| format!("d{d}/k{i:05}")))
+            .collect();
+        let mut mem = Mem::new(keys, page_size);
+        mem.delay = std::time::Duration::from_millis(100);
+        mem
+    }
+
+    /// How long a listing takes, with the lookahead given, for a consumer that waits on it.
+    async fn time_to_list(mem: Mem, lookahead: usize) -> std::time::Duration {
+        let start = tokio::time::Instant::now();
+        let (tx, mut rx) = mpsc::channel(2);
+        tokio::spawn(run_within(mem.clone(), String::new(), 8, lookahead, tx));
+        let mut keys = 0;
+        while let Some(p) = rx.recv().await {
+            keys += p.unwrap().len();
+        }
+        assert_eq!(keys, mem.keys.len());
+        start.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn folders_of_many_pages_are_listed_before_the_consumer_reaches_them() {
+        // Discovery takes three round trips; then each folder's 8 further pages, one after another.
+        // Streams limited to their own room list a folder only as fast as the consumer takes it
+        // (about two pages ahead of it): 5 s here. With the lookahead they list at once: 1.1 s.
+        let with = time_to_list(folders_of_nine_pages(10), LOOKAHEAD).await;
+        let without = time_to_list(folders_of_nine_pages(10), 0).await;
+        assert!(with < std::time::Duration::from_millis(1_300), "{with:?}");
+        assert!(without > std::time::Duration::from_secs(4), "{without:?}");
+    }
+
+    /// The most pages listed and not yet taken by a consumer that takes a page a second.
+    async fn most_ahead_of_a_slow_consumer(lookahead: usize) -> usize {
+        let mem = folders_of_nine_pages(1000);
+        let (tx, mut rx) = mpsc::channel(2);
+        tokio::spawn(run_within(mem.clone(), String::new(), 8, lookahead, tx));
+        let (mut taken, mut most_ahead) = (0, 0);
+        while let Some(p) = rx.recv().await {
+            let listed = mem
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(_, delimited)| !delimited)
+                .count();
+            taken += p.unwrap().len().div_ceil(1000);
+            most_ahead = most_ahead.max(listed - taken);
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        assert_eq!(taken, 72);
+        most_ahead
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_is_listed_far_ahead_of_a_slow_consumer() {
+        // A full run: the consumer takes a page a second (it fetches objects). It is hungry only for
+        // its first pages, so only the first steps of the lookahead are lent (a page of these keys
+        // weighs ~150 KB), where an open one would have listed all 72 pages.
+        let own_room_only = most_ahead_of_a_slow_consumer(0).await;
+        let with = most_ahead_of_a_slow_consumer(LOOKAHEAD).await;
+        assert!(own_room_only <= 2 * 8 + 4, "{own_room_only}");
+        assert!(
+            with <= own_room_only + 4,
+            "{with} pages ahead, {own_room_only} without"
         );
     }
 }
