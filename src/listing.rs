@@ -50,8 +50,8 @@ pub enum ListError {
 
 /// Start listing `bucket` (under `prefix`) in the background, `concurrency` ListObjectsV2 streams at
 /// once (1: the single paginated stream). Pages arrive in byte order; at most `depth` pages wait in the
-/// channel (plus two per stream with `concurrency` > 1), so memory is bounded however large the bucket
-/// is. An `Err` ends the pages: the listing is complete exactly when none came.
+/// channel (with `concurrency` > 1, plus one byte budget for all streams), so memory is bounded however
+/// large the bucket is. An `Err` ends the pages: the listing is complete exactly when none came.
 pub fn spawn(
     client: Client,
     bucket: String,

@@ -1,37 +1,42 @@
-//! The memory that listing streams may fill ahead of the consumer beyond the one page each always may:
-//! a byte budget lent to the stream nearest the consumer first, and only as far as the consumer has
-//! shown that it waits on the listing.
+//! The memory listing streams may fill ahead of the consumer: one byte budget for every page listed and
+//! not yet handed on, and for every request in flight, lent to the stream nearest the consumer first.
 //!
-//! Why: the streams are handed on in byte order, one prefix after another. A stream holding only a page
-//! or two ahead makes a prefix of many pages list at one page per round trip once the consumer reaches
-//! it, while the streams behind it sit idle (10⁶ keys in 120 folders of 9 pages each: 1.2× faster than
-//! one stream instead of ~10×). Lent to the streams the consumer reaches next, the budget lets them
-//! list whole prefixes before they are needed. Closed while the consumer is the slow side (a full run
-//! fetching objects), where it would only hold memory and win nothing: the limit doubles each time the
-//! consumer is found waiting (nothing queued for it) and drops to nothing each time the listing is found
-//! waiting on it (its queue full), so a consumer that is only fast while it starts up is lent little.
+//! Why one budget in bytes: pages are handed on in byte order, one prefix after another, so a stream
+//! far from the consumer can only hold what it lists. Held per stream and counted in pages, that memory
+//! grows with the number of streams and the length of keys (16 streams of ~1 KB keys: 100 MiB); counted
+//! in bytes across all streams it stays near the budget whatever the keys. Why lent nearest-first: the
+//! streams the consumer reaches next are the ones worth listing ahead, a prefix of many pages lists at
+//! one page per round trip once the consumer waits on it (10⁶ keys in 100 folders of 10 pages: 43 s of
+//! round trips instead of ~10 s). Bytes are set aside before a request (what the biggest page so far
+//! weighed, twice, for the response and its parse) and settled to the page's weight when it arrives.
+//! The stream the consumer is on may always have one page beyond the budget, so the listing never
+//! waits on memory held further away.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::Notify;
 
 use super::ObjectInfo;
 
-/// The first limit once the consumer is found waiting: a page or two of short keys.
-const STEP: usize = 256 << 10;
+/// What a page is guessed to weigh before any has been seen: 1000 short keys.
+const FIRST_GUESS: usize = 256 << 10;
 
 /// A byte budget, lent in order of rank (lowest first: the stream the consumer reaches soonest).
 pub struct Lookahead {
     total: usize,
+    /// The heaviest page seen so far: what the next request is expected to bring.
+    heaviest: AtomicUsize,
     inner: Mutex<Inner>,
 }
 
 struct Inner {
     lent: usize,
-    /// What may be lent now (at most `total`): grows while the consumer waits on the listing.
-    limit: usize,
     total: usize,
+    /// The rank the consumer takes pages from now, and how many leases that rank holds.
+    front: u64,
+    held: BTreeMap<u64, usize>,
     /// One entry per stream waiting, by rank; `granted` once its bytes are set aside for it.
     waiting: BTreeMap<u64, Waiter>,
 }
@@ -42,9 +47,11 @@ struct Waiter {
     wake: Arc<Notify>,
 }
 
-/// Bytes lent to one page; given back when dropped (the consumer has taken the page).
+/// Bytes lent for one page (a request, then its answer); given back when dropped (the consumer has
+/// taken the page).
 pub struct Lease {
     budget: Arc<Lookahead>,
+    rank: u64,
     bytes: usize,
 }
 
@@ -52,33 +59,43 @@ impl Lookahead {
     pub fn new(total: usize) -> Arc<Lookahead> {
         Arc::new(Lookahead {
             total,
+            heaviest: AtomicUsize::new(FIRST_GUESS),
             inner: Mutex::new(Inner {
                 lent: 0,
-                limit: 0,
                 total,
+                front: 0,
+                held: BTreeMap::new(),
                 waiting: BTreeMap::new(),
             }),
         })
     }
 
-    /// The consumer has nothing queued: it waits on the listing. Lend twice as much as before.
-    pub fn hungry(&self) {
+    /// The consumer now takes pages from the stream of `rank` (ranks only grow).
+    pub fn advance(&self, rank: u64) {
         let mut inner = self.lock();
-        inner.limit = (inner.limit * 2).clamp(STEP.min(self.total), self.total);
+        inner.front = inner.front.max(rank);
         inner.grant();
     }
 
-    /// The consumer's queue is full: the listing waits on it. Lend nothing more until it is hungry
-    /// again (what is lent comes back as it takes the pages).
-    pub fn full(&self) {
-        self.lock().limit = 0;
+    /// A page has been seen (by discovery, or listed): the next request is expected to bring as much.
+    pub fn saw(&self, objects: &[ObjectInfo]) {
+        self.heaviest.fetch_max(weight(objects), Ordering::Relaxed);
     }
 
-    /// Wait until `bytes` (at most the whole budget, so that any page can pass) are lent to the
-    /// stream of `rank`; one wait per rank at a time. Cancel-safe: dropped before it returns, nothing
-    /// stays taken.
-    pub async fn lease(self: &Arc<Self>, rank: u64, bytes: usize) -> Lease {
-        let need = bytes.clamp(1, self.total.max(1));
+    /// Wait until room for a request is lent to the stream of `rank`: twice the heaviest page so far
+    /// (the response, and the page parsed from it), at most the whole budget so that any page can
+    /// pass. One wait per rank at a time. Cancel-safe: dropped before it returns, nothing stays taken.
+    pub async fn lease(self: &Arc<Self>, rank: u64) -> Lease {
+        self.lease_pages(rank, 1).await
+    }
+
+    /// `lease`, for `pages` requests at once.
+    pub async fn lease_pages(self: &Arc<Self>, rank: u64, pages: usize) -> Lease {
+        let need = (2 * pages * self.heaviest.load(Ordering::Relaxed)).clamp(1, self.total.max(1));
+        self.lease_bytes(rank, need).await
+    }
+
+    async fn lease_bytes(self: &Arc<Self>, rank: u64, need: usize) -> Lease {
         let wake = Arc::new(Notify::new());
         {
             let mut inner = self.lock();
@@ -104,15 +121,21 @@ impl Lookahead {
                 let mut inner = self.lock();
                 if inner.waiting.get(&rank).is_some_and(|w| w.granted) {
                     inner.waiting.remove(&rank);
+                    *inner.held.entry(rank).or_default() += 1;
                     pending.done = true;
                     return Lease {
                         budget: self.clone(),
+                        rank,
                         bytes: need,
                     };
                 }
             }
             woken.await;
         }
+    }
+
+    pub fn total(&self) -> usize {
+        self.total
     }
 
     #[cfg(test)]
@@ -126,15 +149,29 @@ impl Lookahead {
     }
 }
 
+impl Lease {
+    /// The page has arrived: hold what it weighs (more than was set aside is held all the same; the
+    /// next requests set aside as much).
+    pub fn settle(&mut self, objects: &[ObjectInfo]) {
+        self.budget.saw(objects);
+        let bytes = weight(objects).max(1);
+        let mut inner = self.budget.lock();
+        inner.lent = inner.lent - self.bytes + bytes;
+        self.bytes = bytes;
+        inner.grant();
+    }
+}
+
 impl Inner {
     /// Set bytes aside for the waiters in rank order, stopping at the first that does not fit: a
-    /// stream further from the consumer never overtakes a nearer one.
+    /// stream further from the consumer never overtakes a nearer one. The stream the consumer is on
+    /// passes whenever it holds nothing.
     fn grant(&mut self) {
-        for w in self.waiting.values_mut().filter(|w| !w.granted) {
-            // A page bigger than the limit passes alone once the whole budget may be lent.
-            let fits =
-                self.lent + w.need <= self.limit || (self.lent == 0 && self.limit == self.total);
-            if !fits || self.limit == 0 {
+        for (rank, w) in self.waiting.iter_mut().filter(|(_, w)| !w.granted) {
+            let front_alone = *rank <= self.front && self.held.get(rank).is_none_or(|n| *n == 0);
+            // A page bigger than the budget passes alone.
+            let fits = self.lent + w.need <= self.total || self.lent == 0;
+            if !fits && !front_alone {
                 break;
             }
             self.lent += w.need;
@@ -144,8 +181,8 @@ impl Inner {
     }
 }
 
-/// A wait in progress: dropped before it ends (the stream took its own page's room instead, or is
-/// gone), it leaves the queue and gives back what was set aside for it.
+/// A wait in progress: dropped before it ends (the stream is gone), it leaves the queue and gives back
+/// what was set aside for it.
 struct Pending<'a> {
     budget: &'a Lookahead,
     rank: u64,
@@ -171,6 +208,12 @@ impl Drop for Lease {
     fn drop(&mut self) {
         let mut inner = self.budget.lock();
         inner.lent -= self.bytes;
+        if let Some(n) = inner.held.get_mut(&self.rank) {
+            *n -= 1;
+            if *n == 0 {
+                inner.held.remove(&self.rank);
+            }
+        }
         inner.grant();
     }
 }
@@ -198,89 +241,113 @@ mod tests {
         futures::FutureExt::now_or_never(f)
     }
 
-    #[tokio::test]
-    async fn nothing_is_lent_until_the_consumer_is_hungry_and_the_nearest_stream_goes_first() {
-        let b = Lookahead::new(100);
-        let far = tokio::spawn({
-            let b = b.clone();
-            async move { b.lease(9, 60).await }
-        });
-        let near = tokio::spawn({
-            let b = b.clone();
-            async move { b.lease(2, 60).await }
-        });
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(
-            !far.is_finished() && !near.is_finished(),
-            "not hungry: nothing lent"
-        );
-        b.hungry();
-        let lease = near.await.unwrap();
-        assert_eq!(b.lent(), 60);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!far.is_finished(), "60 do not fit in 40");
-        drop(lease);
-        let lease = far.await.unwrap();
-        assert_eq!(b.lent(), 60);
-        drop(lease);
-        assert_eq!(b.lent(), 0);
+    /// `objects` objects of 100-byte keys.
+    fn page(objects: usize) -> Vec<ObjectInfo> {
+        (0..objects)
+            .map(|i| ObjectInfo {
+                key: format!("{i:0>100}"),
+                size: 1,
+                etag: None,
+                last_modified: None,
+                checksum_type: None,
+                version_id: None,
+            })
+            .collect()
     }
 
     #[tokio::test]
-    async fn the_limit_doubles_while_hungry_and_closes_when_full() {
-        let b = Lookahead::new(4 * STEP);
-        b.hungry();
-        let first = b.lease(0, STEP).await;
-        assert!(now(b.lease(1, 1)).is_none(), "one step at first");
-        b.hungry();
-        b.hungry();
-        let more = b.lease(1, 3 * STEP).await;
-        assert_eq!(b.lent(), 4 * STEP, "at most the whole budget");
-        b.full();
-        drop(first);
-        assert!(
-            now(b.lease(2, 1)).is_none(),
-            "full: nothing lent, even with room"
-        );
-        drop(more);
-        assert_eq!(b.lent(), 0);
+    async fn the_nearest_stream_goes_first_and_the_budget_is_not_exceeded() {
+        let b = Lookahead::new(100);
+        b.advance(1);
+        let far = tokio::spawn({
+            let b = b.clone();
+            async move { b.lease_bytes(9, 60).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let near = b.lease_bytes(2, 30).await;
+        let far = far.await.unwrap();
+        assert_eq!(b.lent(), 90);
+        assert!(now(b.lease_bytes(3, 20)).is_none(), "20 do not fit in 10");
+        drop(far);
+        let _next = b.lease_bytes(3, 20).await;
+        drop(near);
+        assert_eq!(b.lent(), 20);
     }
 
     #[tokio::test]
     async fn a_nearer_stream_that_does_not_fit_is_not_overtaken() {
         let b = Lookahead::new(100);
-        b.hungry();
-        let held = b.lease(0, 70).await;
+        let held = b.lease_bytes(0, 70).await;
         let near = tokio::spawn({
             let b = b.clone();
-            async move { b.lease(1, 50).await }
+            async move { b.lease_bytes(1, 50).await }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         // 10 would fit in the 30 left, but rank 1 waits first.
-        assert!(now(b.lease(5, 10)).is_none());
+        assert!(now(b.lease_bytes(5, 10)).is_none());
         drop(held);
         let _near = near.await.unwrap();
         assert_eq!(b.lent(), 50, "the dropped wait of rank 5 took nothing");
     }
 
     #[tokio::test]
+    async fn the_stream_the_consumer_is_on_passes_when_it_holds_nothing() {
+        let b = Lookahead::new(100);
+        let far = b.lease_bytes(4, 100).await;
+        assert!(
+            now(b.lease_bytes(1, 10)).is_none(),
+            "the budget is lent out"
+        );
+        b.advance(1);
+        let first = b.lease_bytes(1, 10).await;
+        assert_eq!(b.lent(), 110, "one page beyond the budget");
+        assert!(
+            now(b.lease_bytes(1, 10)).is_none(),
+            "a second page waits like any other"
+        );
+        drop(first);
+        let _again = b.lease_bytes(1, 10).await;
+        drop(far);
+        assert_eq!(b.lent(), 10);
+    }
+
+    #[tokio::test]
     async fn a_wait_dropped_after_its_grant_gives_the_bytes_back() {
         let b = Lookahead::new(100);
+        let held = b.lease_bytes(0, 100).await;
         let wait = tokio::spawn({
             let b = b.clone();
-            async move { b.lease(3, 80).await }
+            async move { b.lease_bytes(3, 80).await }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         // Granted under the lock, then cancelled before the waiter ran again.
-        b.hungry();
+        drop(held);
         wait.abort();
         let _ = wait.await;
         assert_eq!(b.lent(), 0);
         // A page bigger than the budget still passes, alone.
-        let big = b.lease(4, 1_000).await;
-        assert_eq!(b.lent(), 100);
+        let big = b.lease_bytes(4, 1_000).await;
+        assert_eq!(b.lent(), 1_000);
         drop(big);
         assert_eq!(b.lent(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_lease_settles_to_its_page_and_the_next_sets_aside_twice_the_heaviest() {
+        let b = Lookahead::new(10 << 20);
+        let mut l = b.lease(2).await;
+        assert_eq!(b.lent(), 2 * FIRST_GUESS, "before any page: a guess");
+        let heavy = page(5_000);
+        l.settle(&heavy);
+        assert_eq!(b.lent(), weight(&heavy));
+        let next = b.lease(3).await;
+        assert_eq!(b.lent(), 3 * weight(&heavy));
+        drop((l, next));
+        assert_eq!(b.lent(), 0);
+        let light = page(10);
+        let mut l = b.lease(4).await;
+        l.settle(&light);
+        assert_eq!(b.lent(), weight(&light), "settled to what it holds");
     }
 
     #[test]
