@@ -945,17 +945,20 @@ mod tests {
         let mut mem = Mem::new(keys, 1000);
         mem.delimited_page_size = 1000;
         mem.delay = std::time::Duration::from_millis(100);
-        for per_page in [0u64, 10, 30] {
+        for (per_page, mib) in [(0u64, 16), (10, 16), (30, 16), (10, 8), (10, 4), (10, 32)] {
             let start = tokio::time::Instant::now();
             let (tx, mut rx) = mpsc::channel(4);
-            tokio::spawn(run(mem.clone(), String::new(), 16, tx));
+            tokio::spawn(run_within(mem.clone(), String::new(), 16, mib << 20, tx));
             let mut n = 0;
             while let Some(p) = rx.recv().await {
                 n += p.unwrap().len();
                 tokio::time::sleep(std::time::Duration::from_millis(per_page)).await;
             }
             assert_eq!(n, 1_000_000);
-            eprintln!("consumer {per_page} ms/page: {:?}", start.elapsed());
+            eprintln!(
+                "consumer {per_page} ms/page, {mib} MiB: {:?}",
+                start.elapsed()
+            );
         }
     }
 }
