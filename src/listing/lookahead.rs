@@ -7,8 +7,9 @@
 //! in bytes across all streams it stays near the budget whatever the keys. Why lent nearest-first: the
 //! streams the consumer reaches next are the ones worth listing ahead, a prefix of many pages lists at
 //! one page per round trip once the consumer waits on it (10⁶ keys in 100 folders of 10 pages: 43 s of
-//! round trips instead of ~10 s). Bytes are set aside before a request (what the biggest page so far
-//! weighed, twice, for the response and its parse) and settled to the page's weight when it arrives.
+//! round trips instead of ~10 s). Bytes are set aside before a request (twice what the stream's last
+//! page weighed, or the heaviest page so far for its first: the response and its parse) and settled to
+//! the page's weight when it arrives.
 //! The stream the consumer is on may always have one page beyond the budget, so the listing never
 //! waits on memory held further away.
 
@@ -82,16 +83,18 @@ impl Lookahead {
         self.heaviest.fetch_max(weight(objects), Ordering::Relaxed);
     }
 
-    /// Wait until room for a request is lent to the stream of `rank`: twice the heaviest page so far
-    /// (the response, and the page parsed from it), at most the whole budget so that any page can
-    /// pass. One wait per rank at a time. Cancel-safe: dropped before it returns, nothing stays taken.
-    pub async fn lease(self: &Arc<Self>, rank: u64) -> Lease {
-        self.lease_pages(rank, 1).await
+    /// The heaviest page seen so far: what a request of a stream that has listed nothing yet is
+    /// expected to bring.
+    pub fn heaviest(&self) -> usize {
+        self.heaviest.load(Ordering::Relaxed)
     }
 
-    /// `lease`, for `pages` requests at once.
-    pub async fn lease_pages(self: &Arc<Self>, rank: u64, pages: usize) -> Lease {
-        let need = (2 * pages * self.heaviest.load(Ordering::Relaxed)).clamp(1, self.total.max(1));
+    /// Wait until room for requests expected to bring `expect` bytes is lent to the stream of `rank`:
+    /// twice that (the response, and the page parsed from it), at most the whole budget so that any
+    /// page can pass. One wait per rank at a time. Cancel-safe: dropped before it returns, nothing
+    /// stays taken.
+    pub async fn lease(self: &Arc<Self>, rank: u64, expect: usize) -> Lease {
+        let need = expect.saturating_mul(2).clamp(1, self.total.max(1));
         self.lease_bytes(rank, need).await
     }
 
@@ -150,15 +153,16 @@ impl Lookahead {
 }
 
 impl Lease {
-    /// The page has arrived: hold what it weighs (more than was set aside is held all the same; the
-    /// next requests set aside as much).
-    pub fn settle(&mut self, objects: &[ObjectInfo]) {
+    /// The page has arrived: hold what it weighs (more than was set aside is held all the same), and
+    /// say what that is.
+    pub fn settle(&mut self, objects: &[ObjectInfo]) -> usize {
         self.budget.saw(objects);
         let bytes = weight(objects).max(1);
         let mut inner = self.budget.lock();
         inner.lent = inner.lent - self.bytes + bytes;
         self.bytes = bytes;
         inner.grant();
+        bytes
     }
 }
 
@@ -333,19 +337,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_lease_settles_to_its_page_and_the_next_sets_aside_twice_the_heaviest() {
+    async fn a_lease_settles_to_its_page_and_a_request_sets_aside_twice_what_it_expects() {
         let b = Lookahead::new(10 << 20);
-        let mut l = b.lease(2).await;
-        assert_eq!(b.lent(), 2 * FIRST_GUESS, "before any page: a guess");
+        assert_eq!(b.heaviest(), FIRST_GUESS, "before any page: a guess");
+        let mut l = b.lease(2, b.heaviest()).await;
+        assert_eq!(b.lent(), 2 * FIRST_GUESS);
         let heavy = page(5_000);
-        l.settle(&heavy);
+        assert_eq!(l.settle(&heavy), weight(&heavy));
         assert_eq!(b.lent(), weight(&heavy));
-        let next = b.lease(3).await;
+        assert_eq!(b.heaviest(), weight(&heavy));
+        let next = b.lease(3, b.heaviest()).await;
         assert_eq!(b.lent(), 3 * weight(&heavy));
         drop((l, next));
         assert_eq!(b.lent(), 0);
         let light = page(10);
-        let mut l = b.lease(4).await;
+        let mut l = b.lease(4, weight(&light)).await;
+        assert_eq!(
+            b.lent(),
+            2 * weight(&light),
+            "what its own last page weighed, twice"
+        );
         l.settle(&light);
         assert_eq!(b.lent(), weight(&light), "settled to what it holds");
     }

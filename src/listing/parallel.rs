@@ -24,11 +24,12 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
-use super::lookahead::{Lease, Lookahead};
+use super::lookahead::{self, Lease, Lookahead};
 use super::{ListError, ObjectInfo, Page};
 
 /// A page as S3 gives it: objects, and with a delimiter the common prefixes; `next` is the continuation
@@ -55,6 +56,10 @@ pub trait Source: Clone + Send + Sync + 'static {
 const UNITS_PER_STREAM: usize = 4;
 /// Deepest level of prefixes expanded (each level is one round trip before listing starts).
 const MAX_LEVELS: usize = 6;
+/// Most prefixes discovery leaves to list: each is a request at least and its name is held until then
+/// (a level of ~1,000 tiny sub-prefixes under each of 63 folders would otherwise be 63,000 requests
+/// and their names in memory, where listing the folders whole takes 2 pages each).
+const MAX_PREFIXES: usize = 1024;
 /// Keys per page handed to the consumer (S3's page size).
 const PAGE: usize = 1000;
 /// Bytes of requests in flight and pages listed ahead of the consumer: about 80 pages of short keys,
@@ -82,6 +87,21 @@ struct Resume {
 }
 
 impl Node {
+    /// What the keys it holds weigh.
+    fn weight(&self) -> usize {
+        match self {
+            Node::Key(o) => lookahead::weight(std::slice::from_ref(o)),
+            Node::Small(_, objects) => lookahead::weight(objects),
+            Node::Flat(_, Some(r)) => lookahead::weight(&r.first),
+            Node::Open(_) | Node::Flat(_, None) => 0,
+        }
+    }
+
+    /// A prefix still to list.
+    fn is_unit(&self) -> bool {
+        matches!(self, Node::Open(_) | Node::Flat(..))
+    }
+
     fn sort_key(&self) -> &str {
         match self {
             Node::Key(o) => &o.key,
@@ -139,30 +159,33 @@ async fn discover<S: Source>(
                 _ => None,
             })
             .collect();
-        let units = nodes
-            .iter()
-            .filter(|n| matches!(n, Node::Open(_) | Node::Flat(..)))
-            .count();
+        let units = nodes.iter().filter(|n| n.is_unit()).count();
         if open.is_empty() || (level > 0 && units >= target) {
             break;
         }
-        let expanded: Vec<Result<Vec<Node>, ListError>> = futures::stream::iter(open)
-            .enumerate()
-            .map(|(rank, p)| expand(source, p, lookahead, rank as u64))
-            // Two requests each: `concurrency` in flight.
-            .buffered((concurrency / 2).max(1))
-            .collect()
-            .await;
-        let mut expanded = expanded.into_iter();
+        let mut expanded = std::pin::pin!(
+            futures::stream::iter(open)
+                .enumerate()
+                .map(|(rank, p)| expand(source, p, lookahead, rank as u64))
+                // Two requests each: `concurrency` in flight.
+                .buffered((concurrency / 2).max(1))
+        );
+        let mut kept = Kept {
+            bytes: nodes.iter().map(Node::weight).sum(),
+            units,
+            hold: lookahead.total() / 2,
+        };
         let mut next = Vec::with_capacity(nodes.len());
         for n in nodes {
             match n {
-                Node::Open(_) => next.extend(expanded.next().expect("one result per open prefix")?),
+                Node::Open(p) => {
+                    let with = expanded.next().await.expect("one result per open prefix")?;
+                    kept.place(p, with, &mut next);
+                }
                 n => next.push(n),
             }
         }
         nodes = next;
-        drop_pages_beyond(&mut nodes, lookahead.total() / 2);
         // The first request answered: from here on an error breaks a listing that has started (as a
         // failed second page does in a sequential one), rather than meaning the bucket cannot be listed.
         if level == 0 && !out.send(Vec::new()).await {
@@ -181,7 +204,7 @@ async fn expand<S: Source>(
     rank: u64,
 ) -> Result<Vec<Node>, ListError> {
     // Room for two answers in flight (what discovery keeps of them is bounded apart).
-    let _room = lookahead.lease_pages(rank, 2).await;
+    let _room = lookahead.lease(rank, lookahead.heaviest()).await;
     // Both at once: one round trip whichever answer decides.
     let (flat, delimited) = futures::try_join!(
         source.page(prefix.clone(), false, None),
@@ -211,25 +234,30 @@ async fn expand<S: Source>(
     Ok(nodes)
 }
 
-/// Keep the pages discovery listed only up to `hold` bytes (in byte order): beyond, a prefix listed in
-/// one page or with its first page kept is listed again from its start, one request more each, rather
-/// than held (prefixes of long keys would otherwise hold a page each, whatever the lookahead's budget).
-fn drop_pages_beyond(nodes: &mut [Node], hold: usize) {
-    let mut held = 0;
-    for n in nodes {
-        let (prefix, objects) = match n {
-            Node::Key(o) => {
-                held += super::lookahead::weight(std::slice::from_ref(o));
-                continue;
-            }
-            Node::Small(p, objects) => (p, &*objects),
-            Node::Flat(p, Some(r)) => (p, &r.first),
-            Node::Open(_) | Node::Flat(_, None) => continue,
-        };
-        held += super::lookahead::weight(objects);
-        if held > hold {
-            *n = Node::Flat(std::mem::take(prefix), None);
+/// What discovery keeps, as a level's prefixes are replaced: bytes of keys (at most `hold`: beyond, a
+/// prefix is listed again from its start, one request more, rather than held), and prefixes still to
+/// list (at most `MAX_PREFIXES`: beyond, a prefix is listed whole rather than replaced by its
+/// sub-prefixes).
+struct Kept {
+    bytes: usize,
+    units: usize,
+    hold: usize,
+}
+
+impl Kept {
+    /// Put `prefix`, replaced by `with`, into `next`, or `prefix` as one stream from its start if `with`
+    /// would hold too much.
+    fn place(&mut self, prefix: String, with: Vec<Node>, next: &mut Vec<Node>) {
+        let bytes: usize = with.iter().map(Node::weight).sum();
+        let units = with.iter().filter(|n| n.is_unit()).count();
+        // `prefix` was a unit itself.
+        if self.bytes + bytes > self.hold || self.units - 1 + units > MAX_PREFIXES {
+            next.push(Node::Flat(prefix, None));
+            return;
         }
+        self.bytes += bytes;
+        self.units = self.units - 1 + units;
+        next.extend(with);
     }
 }
 
@@ -269,7 +297,7 @@ async fn join<S: Source>(
                     };
                     // Unbounded: what a stream may hold is bounded by its room (`Room`), not here.
                     let (tx, rx) = mpsc::unbounded_channel();
-                    let room = Room::Lent(lookahead.clone(), started);
+                    let room = Room::Lent(lookahead.clone(), started, AtomicUsize::new(0));
                     let stream =
                         tokio::spawn(list_prefix(source.clone(), p.clone(), resume, room, tx));
                     ahead.push_back(Ahead::Listing(p, started, rx, stream));
@@ -342,7 +370,8 @@ enum Hold {
 /// at its rank.
 enum Room {
     Own(Arc<Semaphore>),
-    Lent(Arc<Lookahead>, u64),
+    /// The budget, the stream's rank, and what its last page weighed (0: none yet).
+    Lent(Arc<Lookahead>, u64, AtomicUsize),
 }
 
 impl Room {
@@ -351,24 +380,30 @@ impl Room {
     async fn before(&self) -> Option<Lease> {
         match self {
             Room::Own(_) => None,
-            Room::Lent(l, rank) => Some(l.lease(*rank).await),
+            Room::Lent(l, rank, last) => {
+                let expect = match last.load(Ordering::Relaxed) {
+                    0 => l.heaviest(),
+                    w => w,
+                };
+                Some(l.lease(*rank, expect).await)
+            }
         }
     }
 
     /// Room for `page` once it is listed: the lent bytes settled to what it weighs, or the stream's
     /// own room as soon as it is free.
     async fn after(&self, before: Option<Lease>, page: &Page) -> Hold {
+        let objects = page.as_deref().unwrap_or_default();
         match (self, before) {
-            (_, Some(mut lease)) => {
-                lease.settle(page.as_deref().unwrap_or_default());
-                Hold::Lent(lease)
-            }
-            (Room::Own(own), None) => {
+            (Room::Own(own), _) => {
                 Hold::Own(own.clone().acquire_owned().await.expect("never closed"))
             }
-            (Room::Lent(l, rank), None) => {
-                let mut lease = l.lease(*rank).await;
-                lease.settle(page.as_deref().unwrap_or_default());
+            (Room::Lent(l, rank, last), before) => {
+                let mut lease = match before {
+                    Some(lease) => lease,
+                    None => l.lease(*rank, lookahead::weight(objects)).await,
+                };
+                last.store(lease.settle(objects), Ordering::Relaxed);
                 Hold::Lent(lease)
             }
         }
@@ -929,6 +964,43 @@ mod tests {
             open >= 60,
             "a budget that holds everything: {open} pages ahead"
         );
+    }
+
+    #[tokio::test]
+    async fn many_tiny_sub_prefixes_are_listed_whole_not_one_request_each() {
+        // 63 folders of 999 sub-prefixes of 2 keys: expanding them all would leave 62,937 prefixes
+        // to list, one request and one name held each.
+        let keys: Vec<String> = (0..63)
+            .flat_map(|d| {
+                (0..999).flat_map(move |s| (0..2).map(move |k| format!("d{d:02}/s{s:03}/k{k}")))
+            })
+            .collect();
+        let mem = Mem::new(keys.clone(), 1000);
+        let (listed, error) = collect(mem.clone(), "", 16).await;
+        assert_eq!(error, None);
+        assert_eq!(listed, sorted(&keys));
+        let requests = mem.requests.load(Ordering::SeqCst);
+        assert!(requests < 400, "{requests} requests");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_folder_of_long_keys_does_not_hold_back_the_streams_after_it() {
+        // One page of ~1 KB keys first, then folders of short keys: what a request sets aside is what
+        // its own stream's last page weighed, so the short ones run 16 at once in a 1 MiB budget
+        // (twice the long page would fit 4).
+        let mut keys: Vec<String> = (0..100).map(|i| format!("a/{i:0>1000}")).collect();
+        keys.extend((0..32).flat_map(|d| (0..300).map(move |i| format!("b{d:02}/{i:03}"))));
+        let mut mem = Mem::new(keys.clone(), 100);
+        mem.delay = std::time::Duration::from_millis(100);
+        let (tx, mut rx) = mpsc::channel(2);
+        tokio::spawn(run_within(mem.clone(), String::new(), 16, 1 << 20, tx));
+        let mut n = 0;
+        while let Some(p) = rx.recv().await {
+            n += p.unwrap().len();
+        }
+        assert_eq!(n, keys.len());
+        let most = mem.max_in_flight.load(Ordering::SeqCst);
+        assert!(most >= 14, "{most} requests at once");
     }
 
     /// Exploration: the bench's scenario M as a model (100 folders of 10 pages, 100 ms a LIST, a
