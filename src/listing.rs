@@ -89,6 +89,16 @@ impl parallel::Source for S3Source {
         delimited: bool,
         token: Option<String>,
     ) -> Result<parallel::RawPage, ListError> {
+        // A stream of a parallel listing says which prefix broke off.
+        let what = if prefix.is_empty() {
+            format!("listing bucket {}", self.bucket)
+        } else {
+            format!(
+                "listing bucket {} under {}",
+                self.bucket,
+                errtext::key(&prefix)
+            )
+        };
         let out = self
             .client
             .list_objects_v2()
@@ -99,7 +109,7 @@ impl parallel::Source for S3Source {
             .encoding_type(EncodingType::Url)
             .send()
             .await
-            .map_err(|e| classify(&self.bucket, &e))?;
+            .map_err(|e| classify(&self.bucket, &what, &e))?;
         let url_encoded = out.encoding_type() == Some(&EncodingType::Url);
         let objects = out
             .contents()
@@ -122,10 +132,7 @@ impl parallel::Source for S3Source {
             (Some(true), Some(t)) if !t.is_empty() => Some(t.to_owned()),
             (Some(true), _) => {
                 return Err(ListError::Other {
-                    detail: format!(
-                        "listing bucket {}: a truncated page without a continuation token",
-                        self.bucket
-                    ),
+                    detail: format!("{what}: a truncated page without a continuation token"),
                 });
             }
             _ => None,
@@ -167,16 +174,12 @@ pub(crate) fn decode_key(raw: &str) -> Option<String> {
         .map(|k| k.into_owned())
 }
 
-fn classify<E>(bucket: &str, e: &aws_sdk_s3::error::SdkError<E>) -> ListError
+fn classify<E>(bucket: &str, what: &str, e: &aws_sdk_s3::error::SdkError<E>) -> ListError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
     let bucket = bucket.to_owned();
-    let d = errtext::describe(
-        &format!("listing bucket {bucket}"),
-        errtext::s3_endpoint(),
-        e,
-    );
+    let d = errtext::describe(what, errtext::s3_endpoint(), e);
     match d.code.as_deref() {
         Some("NoSuchBucket") => ListError::NoSuchBucket { bucket },
         Some(

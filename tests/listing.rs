@@ -191,7 +191,9 @@ fn a_stream_failing_half_way_is_an_incomplete_listing_and_moves_nothing() {
     let j = r.json();
     let error = j["error"].as_str().unwrap_or_default();
     assert!(
-        error.contains("listing bucket") && error.contains("403 AccessDenied"),
+        error.contains("listing bucket")
+            && error.contains("under big/")
+            && error.contains("403 AccessDenied"),
         "{error}"
     );
     assert_eq!(j["deleted_to_history"], 0);

@@ -72,18 +72,21 @@ pub async fn versioning(client: &Client, bucket: &str) -> Result<Versioning, Lis
             .and_then(|body| element_text(&body, "Status"))
             .map(|s| BucketVersioningStatus::from(s.as_str())),
         Err(e) => {
-            return Err(match classify(bucket, &e) {
-                ListError::AccessDenied { detail } => ListError::AccessDenied {
-                    detail: format!(
-                        "{}; --versions needs s3:GetBucketVersioning",
-                        detail.replace("listing bucket", "reading the versioning of bucket")
-                    ),
+            return Err(
+                match classify(bucket, &format!("listing bucket {bucket}"), &e) {
+                    ListError::AccessDenied { detail } => ListError::AccessDenied {
+                        detail: format!(
+                            "{}; --versions needs s3:GetBucketVersioning",
+                            detail.replace("listing bucket", "reading the versioning of bucket")
+                        ),
+                    },
+                    ListError::Other { detail } => ListError::Other {
+                        detail: detail
+                            .replace("listing bucket", "reading the versioning of bucket"),
+                    },
+                    other => other,
                 },
-                ListError::Other { detail } => ListError::Other {
-                    detail: detail.replace("listing bucket", "reading the versioning of bucket"),
-                },
-                other => other,
-            });
+            );
         }
     };
     Ok(match status {
@@ -136,7 +139,7 @@ pub fn spawn(
             let out = match out {
                 Ok(out) => out,
                 Err(e) => {
-                    let err = match classify(&bucket, &e) {
+                    let err = match classify(&bucket, &format!("listing bucket {bucket}"), &e) {
                         ListError::AccessDenied { detail } => ListError::AccessDenied {
                             detail: format!(
                                 "{}; --versions needs s3:ListBucketVersions",
