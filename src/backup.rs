@@ -357,7 +357,7 @@ async fn list_and_fetch(
 
 /// The listing's pages: plain (ListObjectsV2) or versioned (ListObjectVersions), as one kind.
 enum Pages {
-    Plain(tokio::sync::mpsc::Receiver<listing::Page>),
+    Plain(listing::Pages),
     Versioned(tokio::sync::mpsc::Receiver<Result<VersionsPage, ListError>>),
 }
 

@@ -58,21 +58,54 @@ pub fn spawn(
     prefix: Option<String>,
     depth: usize,
     concurrency: usize,
-) -> mpsc::Receiver<Page> {
-    let (tx, rx) = mpsc::channel(depth);
+) -> Pages {
     let source = S3Source {
         client,
         bucket: bucket.into(),
     };
     let prefix = prefix.unwrap_or_default();
     if concurrency > 1 {
-        tokio::spawn(parallel::run(source, prefix, concurrency, tx));
-    } else {
-        // Not the SDK's paginator: it ends quietly on a truncated page without a token, or on a token
-        // sent twice, and a listing that ends early would look complete (and its missing keys deleted).
-        tokio::spawn(parallel::sequential(source, prefix, tx));
+        return parallel::start(source, prefix, concurrency, depth);
     }
-    rx
+    let (tx, rx) = mpsc::channel(depth);
+    // Not the SDK's paginator: it ends quietly on a truncated page without a token, or on a token
+    // sent twice, and a listing that ends early would look complete (and its missing keys deleted).
+    tokio::spawn(parallel::sequential(source, prefix, tx));
+    Pages::new(rx, None)
+}
+
+/// The consumer's end of a listing. Each page asked for tells a parallel listing whether it was ready
+/// or waited on: how far ahead of the consumer it is worth listing (`lookahead`).
+pub struct Pages {
+    rx: mpsc::Receiver<Page>,
+    lookahead: Option<std::sync::Arc<lookahead::Lookahead>>,
+}
+
+impl Pages {
+    fn new(
+        rx: mpsc::Receiver<Page>,
+        lookahead: Option<std::sync::Arc<lookahead::Lookahead>>,
+    ) -> Pages {
+        Pages { rx, lookahead }
+    }
+
+    /// The next page; `None` once the listing has ended.
+    pub async fn recv(&mut self) -> Option<Page> {
+        let Some(l) = &self.lookahead else {
+            return self.rx.recv().await;
+        };
+        match self.rx.try_recv() {
+            Ok(page) => {
+                l.fed();
+                Some(page)
+            }
+            Err(mpsc::error::TryRecvError::Empty) => {
+                l.starved();
+                self.rx.recv().await
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => None,
+        }
+    }
 }
 
 /// ListObjectsV2 requests on one bucket, for the parallel listing.

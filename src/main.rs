@@ -60,7 +60,13 @@ mod tests {
             return;
         }
         // SAFETY: reads one integer option.
-        assert_eq!(unsafe { libmimalloc_sys::mi_option_get(super::PURGE_DELAY) }, 1000);
-        assert_eq!(unsafe { libmimalloc_sys::mi_option_get(super::PURGE_DELAY - 1) }, 1);
+        assert_eq!(
+            unsafe { libmimalloc_sys::mi_option_get(super::PURGE_DELAY) },
+            1000
+        );
+        assert_eq!(
+            unsafe { libmimalloc_sys::mi_option_get(super::PURGE_DELAY - 1) },
+            1
+        );
     }
 }

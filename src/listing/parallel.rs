@@ -15,8 +15,9 @@
 //! too many for a page, listed as one stream that goes on from that first page.
 //!
 //! Bounds, in bytes whatever the length of keys: every request in flight and every page listed and not
-//! yet handed on holds room in one `LOOKAHEAD` budget, lent nearest the consumer first (`lookahead`);
-//! the stream the consumer is on may hold one page beyond it. Discovery keeps at most half the budget of
+//! yet handed on holds room in one `LOOKAHEAD` budget, lent nearest the consumer first, up to a limit
+//! that grows while the consumer waits on the listing and shrinks while it does not (`lookahead`); the
+//! stream the consumer is on may hold one page beyond it. Discovery keeps at most half the budget of
 //! the pages it listed (a prefix beyond is listed again from its start). At most `concurrency` prefix
 //! listings run at once. Any error ends the sequence with an `Err` in its place, so a consumer that saw
 //! no `Err` saw every key.
@@ -30,7 +31,7 @@ use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::lookahead::{self, Lease, Lookahead};
-use super::{ListError, ObjectInfo, Page};
+use super::{ListError, ObjectInfo, Page, Pages};
 
 /// A page as S3 gives it: objects, and with a delimiter the common prefixes; `next` is the continuation
 /// token when there is more.
@@ -110,20 +111,33 @@ impl Node {
     }
 }
 
-/// List everything under `root` into `tx`, `concurrency` streams at a time.
-pub async fn run<S: Source>(source: S, root: String, concurrency: usize, tx: mpsc::Sender<Page>) {
-    run_within(source, root, concurrency, LOOKAHEAD, tx).await
+/// Start listing everything under `root`, `concurrency` streams at a time; at most `depth` pages wait
+/// for the consumer beyond what the budget holds.
+pub fn start<S: Source>(source: S, root: String, concurrency: usize, depth: usize) -> Pages {
+    start_within(source, root, concurrency, LOOKAHEAD, depth)
 }
 
-async fn run_within<S: Source>(
+fn start_within<S: Source>(
     source: S,
     root: String,
     concurrency: usize,
     lookahead: usize,
+    depth: usize,
+) -> Pages {
+    let (tx, rx) = mpsc::channel(depth);
+    let lookahead = Lookahead::new(lookahead);
+    tokio::spawn(run(source, root, concurrency, lookahead.clone(), tx));
+    Pages::new(rx, Some(lookahead))
+}
+
+async fn run<S: Source>(
+    source: S,
+    root: String,
+    concurrency: usize,
+    lookahead: Arc<Lookahead>,
     tx: mpsc::Sender<Page>,
 ) {
     let concurrency = concurrency.max(1);
-    let lookahead = Lookahead::new(lookahead);
     let mut out = Out::new(tx);
     let nodes = match discover(&source, root, concurrency, &lookahead, &mut out).await {
         Ok(Some(nodes)) => nodes,
@@ -279,6 +293,7 @@ async fn join<S: Source>(
             tokio::task::JoinHandle<()>,
         ),
     }
+    lookahead.follow_the_consumer();
     let mut nodes = nodes.into_iter();
     let mut ahead: VecDeque<Ahead> = VecDeque::new();
     let mut listings = 0;
@@ -667,8 +682,7 @@ mod tests {
     }
 
     async fn collect(mem: Mem, root: &str, concurrency: usize) -> (Vec<String>, Option<String>) {
-        let (tx, mut rx) = mpsc::channel(2);
-        tokio::spawn(run(mem, root.to_owned(), concurrency, tx));
+        let mut rx = start(mem, root.to_owned(), concurrency, 2);
         let mut keys = Vec::new();
         let mut error = None;
         while let Some(p) = rx.recv().await {
@@ -811,8 +825,7 @@ mod tests {
         let keys: Vec<String> = std::iter::once("a0".to_owned())
             .chain((0..2500).map(|i| format!("b/{i:04}")))
             .collect();
-        let (tx, mut rx) = mpsc::channel(2);
-        tokio::spawn(run(Mem::new(keys.clone(), 1000), String::new(), 4, tx));
+        let mut rx = start(Mem::new(keys.clone(), 1000), String::new(), 4, 2);
         let mut sizes = Vec::new();
         while let Some(p) = rx.recv().await {
             sizes.push(p.unwrap().len());
@@ -822,8 +835,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_empty_bucket_gives_one_empty_page() {
-        let (tx, mut rx) = mpsc::channel(2);
-        tokio::spawn(run(Mem::new(Vec::<String>::new(), 5), String::new(), 4, tx));
+        let mut rx = start(Mem::new(Vec::<String>::new(), 5), String::new(), 4, 2);
         assert_eq!(rx.recv().await.unwrap().unwrap(), vec![]);
         assert!(rx.recv().await.is_none());
     }
@@ -893,8 +905,7 @@ mod tests {
     /// How long a listing takes, with the lookahead given, for a consumer that waits on it.
     async fn time_to_list(mem: Mem, lookahead: usize) -> std::time::Duration {
         let start = tokio::time::Instant::now();
-        let (tx, mut rx) = mpsc::channel(2);
-        tokio::spawn(run_within(mem.clone(), String::new(), 8, lookahead, tx));
+        let mut rx = start_within(mem.clone(), String::new(), 8, lookahead, 2);
         let mut keys = 0;
         while let Some(p) = rx.recv().await {
             keys += p.unwrap().len();
@@ -923,14 +934,7 @@ mod tests {
             .collect();
         let mut mem = Mem::new(keys, 1000);
         mem.delay = std::time::Duration::from_millis(100);
-        let (tx, mut rx) = mpsc::channel(2);
-        tokio::spawn(run_within(
-            mem.clone(),
-            String::new(),
-            concurrency,
-            lookahead,
-            tx,
-        ));
+        let mut rx = start_within(mem.clone(), String::new(), concurrency, lookahead, 2);
         let (mut taken, mut most_ahead) = (0, 0);
         while let Some(p) = rx.recv().await {
             let listed = mem
@@ -958,8 +962,16 @@ mod tests {
             let ahead = most_ahead_of_a_slow_consumer(concurrency, 2 << 20).await;
             assert!(ahead <= 7 + 4, "{concurrency} streams: {ahead} pages ahead");
         }
-        // Without it, 32 streams list their folders (2 pages each) whole.
-        let open = most_ahead_of_a_slow_consumer(32, 100 << 20).await;
+        // The default budget: the limit follows the consumer, who never waits after its first
+        // pages, so it stays near its floor (2 MiB) rather than the whole (16 MiB: 57 of these pages).
+        let default = most_ahead_of_a_slow_consumer(16, LOOKAHEAD).await;
+        assert!(
+            default <= 14 + 4,
+            "the default budget: {default} pages ahead"
+        );
+        // A budget whose floor holds everything (1 GiB, 128 MiB): 32 streams list their folders (2
+        // pages each) whole.
+        let open = most_ahead_of_a_slow_consumer(32, 1 << 30).await;
         assert!(
             open >= 60,
             "a budget that holds everything: {open} pages ahead"
@@ -986,21 +998,20 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_folder_of_long_keys_does_not_hold_back_the_streams_after_it() {
         // One page of ~1 KB keys first, then folders of short keys: what a request sets aside is what
-        // its own stream's last page weighed, so the short ones run 16 at once in a 1 MiB budget
-        // (twice the long page would fit 4).
+        // its own stream's last page weighed, so the short ones run 10 at once in a 1 MiB budget (the
+        // limit follows this consumer up from its floor); twice the long page would fit 4.
         let mut keys: Vec<String> = (0..100).map(|i| format!("a/{i:0>1000}")).collect();
         keys.extend((0..32).flat_map(|d| (0..300).map(move |i| format!("b{d:02}/{i:03}"))));
         let mut mem = Mem::new(keys.clone(), 100);
         mem.delay = std::time::Duration::from_millis(100);
-        let (tx, mut rx) = mpsc::channel(2);
-        tokio::spawn(run_within(mem.clone(), String::new(), 16, 1 << 20, tx));
+        let mut rx = start_within(mem.clone(), String::new(), 16, 1 << 20, 2);
         let mut n = 0;
         while let Some(p) = rx.recv().await {
             n += p.unwrap().len();
         }
         assert_eq!(n, keys.len());
         let most = mem.max_in_flight.load(Ordering::SeqCst);
-        assert!(most >= 14, "{most} requests at once");
+        assert!(most >= 8, "{most} requests at once");
     }
 
     /// Exploration: the bench's scenario M as a model (100 folders of 10 pages, 100 ms a LIST, a
@@ -1017,19 +1028,29 @@ mod tests {
         let mut mem = Mem::new(keys, 1000);
         mem.delimited_page_size = 1000;
         mem.delay = std::time::Duration::from_millis(100);
-        for (per_page, mib) in [(0u64, 16), (10, 16), (30, 16), (10, 8), (10, 4), (10, 32)] {
+        let cases = [
+            (0u64, 16),
+            (10, 16),
+            (30, 16),
+            (200, 16),
+            (10, 8),
+            (10, 4),
+            (10, 32),
+        ];
+        for (per_page, mib) in cases {
             let start = tokio::time::Instant::now();
-            let (tx, mut rx) = mpsc::channel(4);
-            tokio::spawn(run_within(mem.clone(), String::new(), 16, mib << 20, tx));
+            let mut rx = start_within(mem.clone(), String::new(), 16, mib << 20, 4);
             let mut n = 0;
             while let Some(p) = rx.recv().await {
                 n += p.unwrap().len();
                 tokio::time::sleep(std::time::Duration::from_millis(per_page)).await;
             }
             assert_eq!(n, 1_000_000);
+            let most = rx.lookahead.as_ref().map_or(0, |l| l.most_lent());
             eprintln!(
-                "consumer {per_page} ms/page, {mib} MiB: {:?}",
-                start.elapsed()
+                "consumer {per_page} ms/page, {mib} MiB: {:?}, at most {} KiB lent",
+                start.elapsed(),
+                most >> 10
             );
         }
     }
