@@ -13,6 +13,12 @@ use crate::metrics::{self, RunMetrics};
 use crate::report::{self, Exit};
 use crate::{lock, signals, status};
 
+/// Threads for file work (writes, hashes, commits, the planner's stats): tokio's default of 512 let a
+/// run of 10,000 small downloads grow ~20 of them, each keeping its own allocator pages, for a few MiB
+/// of RSS and no speed on 2 cores (1% changed at 10^6 objects: 63 MiB max RSS, 58-59 with 8; a first
+/// copy of 100,000: 42-44 MiB, 32.5 with 8). The work queues; no blocking task waits on another.
+const BLOCKING_THREADS: usize = 8;
+
 /// Run one backup to completion.
 pub fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
     let json = args.json;
@@ -24,6 +30,7 @@ pub fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
     init_logging(&pb);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
         .build()?;
     let started = SystemTime::now();
     let stop = runtime.block_on(async { signals::Stop::listen() })?;
