@@ -421,6 +421,22 @@ fn the_time_machine_refuses_what_it_cannot_do_in_one_line() {
         e.contains("s3:ListBucketVersions") && !e.contains('\n'),
         "{e}"
     );
+    // Denied GetBucketVersioning: the line says what was being read, and the permission.
+    proxy.arm(Fault::Forbidden, 1, "?versioning");
+    let r = backup_via(
+        &proxy.endpoint,
+        &b,
+        &s,
+        &["--versions", "--history-dir", h.to_str().unwrap()],
+    );
+    assert_eq!(r.code(), 2, "{}", r.stderr());
+    let e = r.json()["error"].as_str().unwrap().to_owned();
+    assert!(
+        e.contains("reading the versioning of bucket")
+            && e.contains("s3:GetBucketVersioning")
+            && !e.contains('\n'),
+        "{e}"
+    );
     // Instants the backup cannot know.
     for (t, want) in [
         ("2001-01-01", "before the oldest"),

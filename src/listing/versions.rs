@@ -72,21 +72,13 @@ pub async fn versioning(client: &Client, bucket: &str) -> Result<Versioning, Lis
             .and_then(|body| element_text(&body, "Status"))
             .map(|s| BucketVersioningStatus::from(s.as_str())),
         Err(e) => {
-            return Err(
-                match classify(bucket, &format!("listing bucket {bucket}"), &e) {
-                    ListError::AccessDenied { detail } => ListError::AccessDenied {
-                        detail: format!(
-                            "{}; --versions needs s3:GetBucketVersioning",
-                            detail.replace("listing bucket", "reading the versioning of bucket")
-                        ),
-                    },
-                    ListError::Other { detail } => ListError::Other {
-                        detail: detail
-                            .replace("listing bucket", "reading the versioning of bucket"),
-                    },
-                    other => other,
+            let what = format!("reading the versioning of bucket {bucket}");
+            return Err(match classify(bucket, &what, &e) {
+                ListError::AccessDenied { detail } => ListError::AccessDenied {
+                    detail: format!("{detail}; --versions needs s3:GetBucketVersioning"),
                 },
-            );
+                other => other,
+            });
         }
     };
     Ok(match status {
